@@ -1,0 +1,114 @@
+"""The `seedbed` command. Every user mistake becomes one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from seedbed.errors import SeedbedError
+
+try:  # typer >= 0.20 vendors click; older typers use click itself
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="seedbed: grow small models from declared conditions, then read what grew.",
+)
+console = Console()
+
+
+@app.command()
+def grow(
+    conditions: Optional[Path] = typer.Argument(None, help="a TOML file of conditions (see examples/)"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this folder from its newest valid checkpoint"),
+    name: Optional[str] = typer.Option(None, "--name", help="run name (default: the conditions' name, else the file's stem)"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where runs live"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+) -> None:
+    """Grow a model from CONDITIONS (or continue one with --resume runs/NAME)."""
+    from seedbed import conditions as conditions_module
+    from seedbed.grow import Interrupted
+    from seedbed.grow import grow as grow_run
+
+    if (conditions is None) == (resume is None):
+        raise SeedbedError("give a conditions file (seedbed grow examples/induction-tiny.toml) or --resume runs/NAME, not both")
+    cond = None
+    if conditions is not None:
+        cond = conditions_module.load(conditions)
+        name = name or cond.name or conditions.stem
+    try:
+        grow_run(cond, runs_dir=runs_dir, name=name, resume=resume, progress=progress, console=console)
+    except Interrupted:
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def runs(runs_dir: Path = typer.Argument(Path("runs"), help="folder of runs")) -> None:
+    """List the runs: name, soil, parameters, steps done, last losses, status."""
+    from seedbed.model import Transformer
+    from seedbed.run import Run, list_runs
+
+    found = list_runs(runs_dir)
+    if not found:
+        console.print(f"no runs in {runs_dir}/ yet: grow one with seedbed grow examples/induction-tiny.toml")
+        return
+    table = Table(box=box.SIMPLE_HEAD)
+    for col in ("name", "soil", "params", "steps", "train loss", "eval loss", "status"):
+        table.add_column(col, no_wrap=True, justify="left" if col in ("name", "soil", "status") else "right")
+    for path in found:
+        run = Run.open(path, readonly=True)
+        try:
+            cond = run.conditions
+            import torch
+
+            with torch.device("meta"):
+                n_params = Transformer(cond.architecture).n_params()
+            fmt = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
+            table.add_row(
+                run.name,
+                cond.soil.kind,
+                f"{n_params:,}",
+                f"{run.steps_done():,}/{cond.schedule.steps:,}",
+                fmt(run.last_metric("train/loss")),
+                fmt(run.last_metric("eval/loss")),
+                run.status(),
+            )
+        except SeedbedError as err:
+            table.add_row(path.name, "?", "?", "?", "?", "?", f"unreadable: {err}")
+        finally:
+            run.close()
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning user errors into one line and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except SeedbedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except NoArgsIsHelpError as err:
+        print(err.format_message())
+        sys.exit(0)
+    except UsageError as err:
+        where = err.ctx.command_path if err.ctx else "seedbed"
+        print(f"error: {err.format_message()} (see {where} --help)", file=sys.stderr)
+        sys.exit(2)
+    except ClickException as err:
+        print(f"error: {err.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)

@@ -1,0 +1,245 @@
+"""Conditions: everything a person chooses before growth, typed and validated.
+
+A run depends on its Conditions and nothing else, so they are saved with the run
+(fully resolved, with package versions) and are enough to grow it again.
+Validation errors become one line naming the field and the fix (`SeedbedError`).
+"""
+
+from __future__ import annotations
+
+import platform
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from seedbed.errors import SeedbedError
+
+
+class _Strict(BaseModel):
+    """Unknown keys are mistakes (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ── soils ────────────────────────────────────────────────────────────────────
+class RepeatedBlocks(_Strict):
+    """BOS, a random prefix, then a random block repeated to the end of the context.
+
+    The block length varies per sequence (block_min..block_max) on purpose: with a
+    fixed length, the repeat sits at a fixed distance and a 2-layer model solves it
+    with a purely positional head ("attend k back"), so no induction head forms.
+    A variable distance can only be bridged by content matching, i.e. induction.
+    """
+
+    kind: Literal["repeated-blocks"] = "repeated-blocks"
+    vocab_size: int = Field(64, ge=3, description="tokens, including BOS (token 0)")
+    block_min: int = Field(8, ge=1)
+    block_max: int = Field(32, ge=1)
+    prefix_max: int = Field(16, ge=0, description="random tokens before the first block")
+
+    @model_validator(mode="after")
+    def _order(self) -> "RepeatedBlocks":
+        if self.block_min > self.block_max:
+            raise ValueError(f"block_min ({self.block_min}) exceeds block_max ({self.block_max}): swap them")
+        return self
+
+
+class ModularArithmetic(_Strict):
+    """`a op b = c (mod p)`; a fixed train/test split of all pairs, chosen by the seed."""
+
+    kind: Literal["modular-arithmetic"] = "modular-arithmetic"
+    p: int = Field(113, ge=2)
+    operation: Literal["add", "sub", "mul", "div"] = "add"
+    train_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    full_batch: bool = True
+
+
+class DigitAddition(_Strict):
+    """n-digit sums `a + b = c`, one token per digit; the answer has n + 1 digits."""
+
+    kind: Literal["digit-addition"] = "digit-addition"
+    n_digits: int = Field(3, ge=1, le=18)
+    reverse_answer: bool = Field(False, description="write the answer least-significant digit first")
+
+
+class Text(_Strict):
+    """Character-level text from files or folders, or the built-in Shakespeare corpus."""
+
+    kind: Literal["text"] = "text"
+    paths: list[str] = Field(default_factory=list, description="files or folders of text")
+    corpus: Literal["shakespeare"] | None = None
+    tokenizer: Literal["auto", "char", "byte"] = "auto"
+    holdout_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Text":
+        if bool(self.paths) == (self.corpus is not None):
+            raise ValueError("give either paths = [...] or corpus = \"shakespeare\", not both or neither")
+        return self
+
+
+Soil = Annotated[Union[RepeatedBlocks, ModularArithmetic, DigitAddition, Text], Field(discriminator="kind")]
+
+
+# ── the rest ─────────────────────────────────────────────────────────────────
+class Architecture(_Strict):
+    """A GPT-2-style decoder; d_vocab comes from the soil, d_head from d_model / n_heads."""
+
+    n_layers: int = Field(2, ge=1)
+    d_model: int = Field(64, ge=1)
+    n_heads: int = Field(4, ge=1)
+    d_head: int | None = Field(None, ge=1)
+    d_mlp: int | None = Field(None, ge=1, description="default 4 * d_model; ignored when attn_only")
+    attn_only: bool = False
+    n_ctx: int = Field(64, ge=1)
+    d_vocab: int | None = Field(None, ge=2)
+    layernorm: bool = True
+    act: Literal["gelu", "relu"] = "gelu"
+    tied_embeddings: bool = False
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "Architecture":
+        if self.d_head is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(
+                    f"n_heads={self.n_heads} does not divide d_model={self.d_model}: "
+                    "choose n_heads dividing d_model, or set d_head explicitly"
+                )
+            self.__dict__["d_head"] = self.d_model // self.n_heads
+        if self.d_mlp is None and not self.attn_only:
+            self.__dict__["d_mlp"] = 4 * self.d_model
+        return self
+
+
+class Objective(_Strict):
+    """Next-token cross-entropy, on all positions, the soil's answer positions, or the last one."""
+
+    kind: Literal["next-token"] = "next-token"
+    loss_on: Literal["all", "answer", "last"] = "all"
+
+
+class Optimizer(_Strict):
+    """AdamW; weight decay applies to matrices only (not biases, gains)."""
+
+    kind: Literal["adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0.0)
+    weight_decay: float = Field(0.1, ge=0.0)
+    grad_clip: float = Field(1.0, ge=0.0, description="max global grad norm; 0 turns clipping off")
+
+
+class Schedule(_Strict):
+    """How long to grow, and the learning-rate shape over that time."""
+
+    steps: int = Field(1000, ge=1)
+    batch_size: int | None = Field(32, ge=1, description="global batch; full-batch soils set it")
+    warmup_steps: int = Field(0, ge=0)
+    decay: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    eval_every: int = Field(100, ge=1)
+    eval_batches: int = Field(4, ge=1)
+
+
+class Checkpoints(_Strict):
+    """Log-spaced early (0, 1, 2, 4, …, log_until), then every `every`, and at the end.
+
+    Emergence tends to happen early and fast, so early checkpoints are dense (Pythia).
+    """
+
+    log_until: int = Field(512, ge=0)
+    every: int = Field(1000, ge=1)
+    at: list[int] = Field(default_factory=list, description="extra steps to keep")
+
+    def steps(self, total: int) -> list[int]:
+        """Every step (0..total) at which a checkpoint is written."""
+        chosen = {0, total}
+        s = 1
+        while s <= min(self.log_until, total):
+            chosen.add(s)
+            s *= 2
+        chosen.update(range(self.every, total + 1, self.every))
+        chosen.update(a for a in self.at if 0 <= a <= total)
+        return sorted(chosen)
+
+
+class Conditions(_Strict):
+    """The whole recipe of a run. Same Conditions + same seed ⇒ same weights."""
+
+    name: str | None = Field(None, description="default run name")
+    seed: int = Field(0, ge=0)
+    soil: Soil
+    architecture: Architecture = Field(default_factory=Architecture)
+    objective: Objective = Field(default_factory=Objective)
+    optimizer: Optimizer = Field(default_factory=Optimizer)
+    schedule: Schedule = Field(default_factory=Schedule)
+    checkpoints: Checkpoints = Field(default_factory=Checkpoints)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    versions: dict[str, str] = Field(default_factory=dict, description="filled in when a run starts")
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(self.to_toml())
+
+
+def package_versions() -> dict[str, str]:
+    """The versions that can change a run's numbers; kept with the resolved conditions."""
+    import numpy
+    import torch
+
+    import seedbed
+
+    return {
+        "seedbed": seedbed.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _first_error(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    where = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged-union")))
+    kind, msg = e["type"], e["msg"]
+    if kind == "extra_forbidden":
+        parent = where.rsplit(".", 1)[0] if "." in where else "the top level"
+        return f"{source}: unknown key '{where}': remove it or check its spelling (allowed keys of {parent} are in docs/conditions.md)"
+    if kind == "missing":
+        return f"{source}: missing '{where}': add it"
+    if kind == "union_tag_invalid":
+        return f"{source}: soil.kind must be one of repeated-blocks, modular-arithmetic, digit-addition, text"
+    if kind == "union_tag_not_found":
+        return f"{source}: soil needs a kind: one of repeated-blocks, modular-arithmetic, digit-addition, text"
+    msg = msg.removeprefix("Value error, ")
+    got = e.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    return f"{source}: {where or 'conditions'}: {msg}{shown}"
+
+
+def parse(data: dict, source: str = "conditions") -> Conditions:
+    """Validate a plain dict; the first problem becomes a one-line SeedbedError."""
+    try:
+        return Conditions.model_validate(data)
+    except ValidationError as err:
+        raise SeedbedError(_first_error(err, source)) from None
+
+
+def load(path: str | Path) -> Conditions:
+    """Read a TOML file of conditions."""
+    path = Path(path)
+    if not path.is_file():
+        raise SeedbedError(f"{path}: no such conditions file: check the path (examples are in examples/)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise SeedbedError(f"{path}: invalid TOML: {err}: fix the syntax on that line") from None
+    except UnicodeDecodeError:
+        raise SeedbedError(f"{path}: not a UTF-8 text file: give a TOML file of conditions") from None
+    return parse(data, str(path))

@@ -1,0 +1,409 @@
+"""Grow: the training loop. Forward, loss, backward, clip, step; eval and checkpoints on a schedule.
+
+It knows nothing about trials: observers are plain callables `(model, step) -> {name: value}`.
+
+Determinism: the weights start from the seed alone, every batch is a function of
+(seed, cursor), the learning rate is a function of the step, and each checkpoint
+keeps the optimiser and RNG states. So the same conditions give the same weights
+bit for bit on one machine, and a resumed run continues exactly where it stopped.
+
+Data parallel: under torchrun each rank takes its share of the same global batch;
+the loss is normalised by the *global* number of loss tokens, so summing gradients
+over ranks gives exactly the gradient of the single-process loss.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.distributed as torch_dist
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import Tensor, nn
+
+from seedbed import checkpoint
+from seedbed import conditions as conditions_module
+from seedbed.conditions import Conditions, Optimizer, Schedule, package_versions
+from seedbed.errors import SeedbedError
+from seedbed.model import Transformer
+from seedbed.run import Run, RunLock
+from seedbed.soil import Batch, SoilBase, resolve
+
+Observer = Callable[[nn.Module, int], dict[str, float]]
+
+
+class Interrupted(Exception):
+    """Growth stopped by Ctrl-C / SIGTERM after saving a checkpoint."""
+
+
+# ── the pieces ───────────────────────────────────────────────────────────────
+@dataclass
+class Distributed:
+    """Who we are under torchrun (rank, world size); a single process is rank 0 of 1."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls, backend: str) -> "Distributed":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls()
+        if not torch_dist.is_initialized():
+            torch_dist.init_process_group(backend)
+        return cls(torch_dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch_dist.barrier()
+
+    def share(self, obj: object) -> object:
+        """Rank 0's value of `obj`, on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        torch_dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def pick_device(want: str, dist: Distributed) -> torch.device:
+    if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SeedbedError("device = \"cuda\" but no CUDA GPU is visible: set device = \"auto\" or \"cpu\"")
+    return torch.device("cuda", dist.local_rank)
+
+
+def learning_rate(step: int, opt: Optimizer, sched: Schedule) -> float:
+    """Linear warmup, then cosine decay to `min_lr_ratio · lr` (or constant)."""
+    if step < sched.warmup_steps:
+        return opt.lr * (step + 1) / sched.warmup_steps
+    if sched.decay == "constant":
+        return opt.lr
+    progress = (step - sched.warmup_steps) / max(1, sched.steps - sched.warmup_steps)
+    floor = sched.min_lr_ratio
+    return opt.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def make_optimizer(model: nn.Module, o: Optimizer, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only: decaying gains and biases only hurts."""
+    params = list(model.parameters())
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    # The fused kernel is one pass over all parameters (CPU and CUDA); it is deterministic.
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, fused=True)
+
+
+def loss_targets(batch: Batch, loss_on: str) -> Tensor:
+    """Targets with positions outside the loss set to -100 (cross_entropy's ignore_index)."""
+    targets = batch.targets
+    if loss_on == "all":
+        return targets
+    keep = batch.answer if loss_on == "answer" else torch.zeros_like(batch.answer).index_fill_(1, torch.tensor([targets.shape[1] - 1]), True)
+    return targets.masked_fill(~keep, -100)
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, soil: SoilBase, cond: Conditions, device: torch.device) -> dict[str, float]:
+    """Held-out loss and accuracy on the objective's positions, plus the soil's own metrics."""
+    model.eval()
+    size = cond.schedule.batch_size or 1
+    if soil.eval_size is not None:  # a fixed test set: all of it, in chunks
+        chunk = min(size, 4096, soil.eval_size)
+        batches = [soil.eval_batch(i, chunk) for i in range(math.ceil(soil.eval_size / chunk))]
+        batches[-1] = batches[-1].rows(slice(0, soil.eval_size - chunk * (len(batches) - 1)))
+    else:
+        batches = [soil.eval_batch(i, size) for i in range(cond.schedule.eval_batches)]
+    loss_sum = correct_sum = count = rows = 0.0
+    extra: dict[str, float] = {}
+    for batch in batches:
+        batch = batch.to(device)
+        with autocast(device, cond.precision):
+            logits = model(batch.inputs)
+        targets = loss_targets(batch, cond.objective.loss_on)
+        per_token = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+        correct = logits.argmax(-1) == batch.targets
+        mask = targets != -100
+        loss_sum += per_token[mask].sum().item()
+        correct_sum += correct[mask].sum().item()
+        count += mask.sum().item()
+        n = batch.tokens.shape[0]
+        for k, v in soil.eval_metrics(per_token, correct, batch).items():
+            extra[k] = extra.get(k, 0.0) + v * n
+        rows += n
+    model.train()
+    out = {"eval/loss": loss_sum / max(count, 1), "eval/accuracy": correct_sum / max(count, 1)}
+    out.update({f"eval/{k}": v / rows for k, v in extra.items()})
+    return out
+
+
+@contextmanager
+def catch_stop_signals() -> Iterator[list[bool]]:
+    """Turn Ctrl-C / SIGTERM into a flag the loop checks between steps (so a step is never half-done)."""
+    flag = [False]
+
+    def handler(signum, frame):  # noqa: ARG001
+        flag[0] = True
+
+    try:
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: no signal handling
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def make_progress(console: Console, total: int, start: int) -> Progress:
+    progress = Progress(
+        TextColumn("[bold]grow[/]"),
+        BarColumn(),
+        TextColumn("step {task.completed:,.0f}/{task.total:,.0f}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[tps]} tok/s"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    progress.add_task("grow", total=total, completed=start, loss="–", tps="–")
+    return progress
+
+
+# ── the loop ─────────────────────────────────────────────────────────────────
+def grow(
+    conditions: Conditions | None = None,
+    *,
+    runs_dir: str | Path = "runs",
+    name: str | None = None,
+    resume: str | Path | None = None,
+    observers: Sequence[Observer] = (),
+    progress: bool = True,
+    console: Console | None = None,
+) -> Run:
+    """Grow a new run from `conditions`, or continue the run at `resume`. Returns the Run.
+
+    Raises `Interrupted` after saving a checkpoint if stopped by a signal.
+    """
+    console = console or Console()
+    if (conditions is None) == (resume is None):
+        raise SeedbedError("give either conditions to grow a new run, or --resume RUN, not both")
+
+    if resume is not None:
+        run_path = Path(resume)
+        Run.check_exists(run_path)
+        cond, soil = resolve(conditions_module.load(run_path / "conditions.toml"))
+        if cond.versions != package_versions():
+            console.print(f"[yellow]note: this run was grown with {cond.versions}; now {package_versions()}: bitwise identity is not promised across versions")
+    else:
+        assert conditions is not None
+        cond, soil = resolve(conditions)
+        cond = cond.model_copy(update={"versions": package_versions()})
+        run_path = Run.check_new(Path(runs_dir), name or cond.name or "run")
+
+    backend = "nccl" if cond.device != "cpu" and torch.cuda.is_available() else "gloo"
+    dist = Distributed.from_env(backend)
+    device = pick_device(cond.device, dist)
+    say = console.print if dist.main else (lambda *a, **k: None)
+    if dist.world > 1:
+        if cond.schedule.batch_size < dist.world:
+            raise SeedbedError(f"schedule.batch_size={cond.schedule.batch_size} is smaller than {dist.world} processes: raise it")
+
+    lock, run = RunLock(run_path), None
+    if resume is None:
+        dist.barrier()  # every rank has checked the name before rank 0 creates the folder
+    if dist.main:
+        run = Run.create(Path(runs_dir), run_path.name, cond, soil.artifacts()) if resume is None else Run.open(run_path)
+        lock.acquire()
+    try:
+        return _grow(cond, soil, run, run_path, resume is not None, dist, device, observers, progress, console, say)
+    finally:
+        if dist.main:
+            lock.release()
+            if run is not None:
+                run.close()
+
+
+def _grow(cond, soil, run, run_path, resuming, dist, device, observers, progress, console, say) -> Run:  # noqa: C901
+    sched, total = cond.schedule, cond.schedule.steps
+    batch_size = sched.batch_size
+    tokens_per_step = batch_size * soil.seq_len
+
+    model = Transformer(cond.architecture, seed=cond.seed).to(device)
+    opt = make_optimizer(model, cond.optimizer, device)
+    torch.manual_seed(cond.seed + dist.rank)  # only dropout draws from the global RNG
+    params = list(model.parameters())
+    start = 0
+
+    if resuming:
+        start = _restore(run, run_path, model, opt, dist, total, say)
+        if start is None:
+            return run
+    else:
+        if dist.main:
+            run.log_event(0, "start", f"growing {run.name}: {model.n_params():,} parameters, {total:,} steps")
+            _save(run, model, opt, 0, tokens_per_step, dist)
+        else:
+            _save(None, model, opt, 0, tokens_per_step, dist)
+
+    ckpt_steps = set(cond.checkpoints.steps(total))
+    ranks = torch.arange(batch_size).tensor_split(dist.world)[dist.rank]  # this rank's rows of the global batch
+    my_rows = slice(int(ranks[0]), int(ranks[-1]) + 1) if len(ranks) else slice(0, 0)
+    bar = make_progress(console, total, start) if progress and dist.main else None
+    t_last, steps_since = time.perf_counter(), 0
+    observer_time = train_time = 0.0
+
+    with catch_stop_signals() as stop, (bar or nullcontext()):
+        step = start
+        while step < total:
+            t0 = time.perf_counter()
+            batch = soil.train_batch(step, batch_size)
+            targets = loss_targets(batch, cond.objective.loss_on)
+            n_loss_tokens = int((targets != -100).sum())  # over the global batch
+            batch, targets = batch.rows(my_rows).to(device), targets[my_rows].to(device)
+
+            lr = learning_rate(step, cond.optimizer, sched)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with autocast(device, cond.precision):
+                logits = model(batch.inputs)
+            loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+            (loss_sum / n_loss_tokens).backward()
+            # one all-reduce carries the gradients, the loss and "somebody was asked to stop"
+            wants_stop = torch.tensor([float(stop[0])], device=device)
+            reduced = _all_reduce_grads(params, dist, [loss_sum.detach().view(1), wants_stop])
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cond.optimizer.grad_clip or math.inf, foreach=True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            loss_value = reduced[0].item() / n_loss_tokens
+            stop_now = reduced[1].item() > 0
+            train_time += time.perf_counter() - t0
+            steps_since += 1
+
+            if dist.main:
+                run.log_metrics(step, {"train/loss": loss_value})
+            if step % sched.eval_every == 0 or step == total:
+                now = time.perf_counter()
+                tps = tokens_per_step * steps_since / (now - t_last)
+                t_last, steps_since = now, 0
+                if dist.main:
+                    t1 = time.perf_counter()
+                    metrics = evaluate(model, soil, cond, device)
+                    for observe in observers:
+                        metrics.update(observe(model, step))
+                    observer_time += time.perf_counter() - t1
+                    metrics.update({"train/lr": lr, "train/grad_norm": float(grad_norm), "train/tokens_per_s": tps})
+                    run.log_metrics(step, metrics)
+                    run.commit()
+                    if bar is not None:
+                        bar.update(bar.task_ids[0], tps=f"{tps:,.0f}")
+            if bar is not None:
+                bar.update(bar.task_ids[0], completed=step, loss=f"{loss_value:.3f}")
+            if step in ckpt_steps or stop_now:
+                _save(run if dist.main else None, model, opt, step, tokens_per_step, dist)
+            if stop_now and step < total:
+                if dist.main:
+                    run.log_event(step, "interrupted", f"stopped at step {step}; checkpoint saved")
+                    say(f"[yellow]interrupted at step {step:,}: checkpoint saved. Continue with: seedbed grow --resume {run_path}")
+                raise Interrupted(step)
+
+    if dist.main:
+        run.log_event(total, "done", f"grew {total:,} steps; eval and observers took {observer_time:.1f}s of {train_time + observer_time:.1f}s")
+        final = run.last_metric("eval/loss")
+        say(f"[green]grew {run.name}[/]: {total:,} steps, train loss {loss_value:.4f}, eval loss {final:.4f} → {run_path}")
+    return run
+
+
+def _all_reduce_grads(params: list[Tensor], dist: Distributed, extras: list[Tensor]) -> Tensor:
+    """Sum gradients (and a few scalars) over ranks in one call; returns the summed scalars."""
+    extra = torch.cat(extras)
+    if dist.world == 1:
+        return extra
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads] + [extra])
+    torch_dist.all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+    return flat[offset:]
+
+
+def _rng_states(dist: Distributed) -> list[Tensor]:
+    """Every rank's CPU RNG state (index = rank); dropout is the only consumer."""
+    mine = torch.get_rng_state()
+    if dist.world == 1:
+        return [mine]
+    out: list[Tensor] = [torch.empty_like(mine) for _ in range(dist.world)]
+    torch_dist.all_gather(out, mine)
+    return out
+
+
+def _save(run: Run | None, model: nn.Module, opt: torch.optim.Optimizer, step: int, tokens_per_step: int, dist: Distributed) -> None:
+    rng = _rng_states(dist)  # collective: every rank takes part
+    if run is None:
+        return
+    state = {
+        "step": step,
+        "cursor": step,  # one global batch per step
+        "optimizer": opt.state_dict(),
+        "rng": rng,
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    checkpoint.save(run, model, step, step * tokens_per_step, state)
+
+
+def _restore(run, run_path, model, opt, dist, total, say) -> int | None:
+    """Load the newest checkpoint that verifies; returns its step, or None if the run is complete."""
+    if dist.main:
+        for tmp in (run_path / "checkpoints").glob("*.tmp"):
+            tmp.unlink()  # the remains of a write that a crash cut short
+        loaded = checkpoint.newest_valid(run, say=lambda m: say(f"[yellow]{m}"))
+        step = loaded.record.step if loaded else -1
+    step = dist.share(step if dist.main else None)
+    if not dist.main and step >= 0:
+        reader = Run.open(run_path, readonly=True)
+        loaded = checkpoint.load(reader, next(r for r in reader.checkpoints() if r.step == step))
+        reader.close()
+    if step < 0:
+        raise SeedbedError(f"run '{run_path}' has no checkpoint that verifies: grow it again from its conditions.toml under a new --name")
+    checkpoint.load_into(model, loaded.weights)
+    state = loaded.state
+    opt.load_state_dict(state["optimizer"])
+    rngs = state["rng"]
+    torch.set_rng_state(rngs[dist.rank] if dist.rank < len(rngs) else rngs[0])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if step >= total:
+        say(f"run '{run_path}' is already complete at step {step:,}: nothing to do")
+        return None
+    if dist.main:
+        run.forget_after(step)
+        run.log_event(step, "resume", f"resumed from step {step}")
+        say(f"resuming {run.name} from step {step:,}")
+    return step

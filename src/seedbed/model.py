@@ -1,0 +1,188 @@
+"""The transformer: a GPT-2-style decoder, readable top to bottom, every intermediate a hook point.
+
+Pre-LayerNorm blocks, learned positions, GELU (or ReLU) MLP; options for
+attention-only, no LayerNorm, tied embeddings. Hook names follow TransformerLens.
+
+Speed: attention normally runs fused (one QKV matmul + `scaled_dot_product_attention`).
+Only when someone hooks the attention scores or pattern does a layer compute them
+explicitly; both paths agree to float tolerance (tests/test_model.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seedbed.conditions import Architecture
+from seedbed.errors import SeedbedError
+from seedbed.hooks import HookPoint, name_hook_points
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with its scale and output exposed (`hook_scale`, `hook_normalized`)."""
+
+    def __init__(self, d_model: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model))
+        self.bias = nn.Parameter(torch.zeros(d_model))
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, d_model], after weight and bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.hook_scale.fns:
+            return self.hook_normalized(F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps))
+        x = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized(x / scale * self.weight + self.bias)
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention."""
+
+    def __init__(self, cfg: Architecture) -> None:
+        super().__init__()
+        self.n_heads, self.d_head = cfg.n_heads, cfg.d_head
+        inner = cfg.n_heads * cfg.d_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * inner)  # fused: one matmul for Q, K and V
+        self.out = nn.Linear(inner, cfg.d_model)
+        self.dropout = cfg.dropout
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()  # [batch, pos, head, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, head, query, key], masked, before softmax
+        self.hook_pattern = HookPoint()  # [batch, head, query, key]
+        self.hook_z = HookPoint()  # [batch, pos, head, d_head]: pattern-weighted values
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head).unbind(2)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        p_drop = self.dropout if self.training else 0.0
+        if self.hook_attn_scores.fns or self.hook_pattern.fns:  # explicit path: materialise the pattern
+            scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.d_head)
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
+            pattern = self.hook_pattern(scores.softmax(dim=-1))
+            z = torch.einsum("bhqk,bkhd->bqhd", F.dropout(pattern, p_drop), v)
+        else:  # fast path: fused kernel, no T×T tensor kept
+            z = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p_drop, is_causal=True
+            ).transpose(1, 2)
+        z = self.hook_z(z)
+        return F.dropout(self.out(z.reshape(B, T, -1)), p_drop)
+
+    # Per-head weight views in TransformerLens's shapes, for reading the model.
+    def _split(self, which: int) -> tuple[Tensor, Tensor]:
+        inner = self.n_heads * self.d_head
+        w = self.qkv.weight[which * inner : (which + 1) * inner]  # [inner, d_model]
+        b = self.qkv.bias[which * inner : (which + 1) * inner]
+        return w.view(self.n_heads, self.d_head, -1).transpose(1, 2), b.view(self.n_heads, self.d_head)
+
+    @property
+    def W_Q(self) -> Tensor:  # [head, d_model, d_head]
+        return self._split(0)[0]
+
+    @property
+    def W_K(self) -> Tensor:
+        return self._split(1)[0]
+
+    @property
+    def W_V(self) -> Tensor:
+        return self._split(2)[0]
+
+    @property
+    def W_O(self) -> Tensor:  # [head, d_head, d_model]
+        return self.out.weight.view(-1, self.n_heads, self.d_head).permute(1, 2, 0)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Architecture) -> None:
+        super().__init__()
+        assert cfg.d_mlp is not None
+        self.fc_in = nn.Linear(cfg.d_model, cfg.d_mlp)
+        self.fc_out = nn.Linear(cfg.d_mlp, cfg.d_model)
+        self.act = F.gelu if cfg.act == "gelu" else F.relu
+        self.dropout = cfg.dropout
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp], before the nonlinearity
+        self.hook_post = HookPoint()  # after it
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.hook_post(self.act(self.hook_pre(self.fc_in(x))))
+        return F.dropout(self.fc_out(h), self.dropout if self.training else 0.0)
+
+
+class Block(nn.Module):
+    """resid_pre → (+ attn) → resid_mid → (+ mlp) → resid_post. Attention-only blocks skip the MLP."""
+
+    def __init__(self, cfg: Architecture) -> None:
+        super().__init__()
+        self.ln1 = LayerNorm(cfg.d_model) if cfg.layernorm else nn.Identity()
+        self.attn = Attention(cfg)
+        self.hook_resid_pre, self.hook_attn_out = HookPoint(), HookPoint()
+        self.has_mlp = not cfg.attn_only
+        if self.has_mlp:
+            self.ln2 = LayerNorm(cfg.d_model) if cfg.layernorm else nn.Identity()
+            self.mlp = MLP(cfg)
+            self.hook_resid_mid, self.hook_mlp_out = HookPoint(), HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.hook_resid_pre(x)
+        x = x + self.hook_attn_out(self.attn(self.ln1(x)))
+        if self.has_mlp:
+            x = self.hook_resid_mid(x)
+            x = x + self.hook_mlp_out(self.mlp(self.ln2(x)))
+        return self.hook_resid_post(x)
+
+
+class Transformer(nn.Module):
+    """tokens [batch, pos] → logits [batch, pos, d_vocab]."""
+
+    def __init__(self, cfg: Architecture, seed: int = 0) -> None:
+        super().__init__()
+        if cfg.d_vocab is None:
+            raise SeedbedError("architecture.d_vocab is unset: resolve the conditions against their soil first")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
+        self.pos_embed = nn.Embedding(cfg.n_ctx, cfg.d_model)
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = LayerNorm(cfg.d_model) if cfg.layernorm else nn.Identity()
+        self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab, bias=False)
+        if cfg.tied_embeddings:
+            self.unembed.weight = self.embed.weight
+        self.hook_points = name_hook_points(self)
+        self.init_weights(seed)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int) -> None:
+        """GPT-2's init, drawn from a generator seeded by `seed` alone (not the global RNG).
+
+        Matrices ~ N(0, 0.02); the projections that write into the residual stream
+        are scaled by 1/sqrt(2 · n_layers) so the stream's variance does not grow with depth.
+        """
+        g = torch.Generator().manual_seed(seed)
+        residual_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
+        for name, p in self.named_parameters():  # tied weights appear once
+            if p.dim() == 1:  # biases start at 0, LayerNorm gains at 1
+                p.fill_(0.0 if name.endswith("bias") else 1.0)
+                continue
+            std = residual_std if name.endswith(("attn.out.weight", "mlp.fc_out.weight")) else 0.02
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        T = tokens.shape[1]
+        if T > self.cfg.n_ctx:
+            raise SeedbedError(f"input has {T} tokens but the model's n_ctx is {self.cfg.n_ctx}: shorten the input")
+        pos = torch.arange(T, device=tokens.device)
+        x = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(pos))
+        if self.cfg.dropout and self.training:
+            x = F.dropout(x, self.cfg.dropout)
+        for block in self.blocks:
+            x = block(x)
+        return self.unembed(self.ln_final(x))
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
