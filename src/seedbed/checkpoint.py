@@ -15,9 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,21 +23,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from seedbed.files import write_atomic
 from seedbed.run import CheckpointRecord, Run
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def weights_of(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -60,11 +45,11 @@ def save(run: Run, model: nn.Module, step: int, tokens_seen: int, state: dict[st
     buf = io.BytesIO()
     torch.save(state, buf)
     state_bytes = buf.getvalue()
-    _write_atomic(stem.with_suffix(".state.pt"), state_bytes)
+    write_atomic(stem.with_suffix(".state.pt"), state_bytes)
     meta = {"step": str(step), "tokens_seen": str(tokens_seen), "state_sha256": hashlib.sha256(state_bytes).hexdigest()}
     weight_bytes = st_save(weights_of(model), metadata=meta)
     weights_file = stem.with_suffix(".safetensors")
-    _write_atomic(weights_file, weight_bytes)
+    write_atomic(weights_file, weight_bytes)
     rec = CheckpointRecord(step, str(weights_file.relative_to(run.path)), hashlib.sha256(weight_bytes).hexdigest(), tokens_seen)
     run.record_checkpoint(rec)
     return rec

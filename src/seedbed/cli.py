@@ -93,7 +93,9 @@ def runs(runs_dir: Path = typer.Argument(Path("runs"), help="folder of runs")) -
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # returns the code of a typer.Exit
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except SeedbedError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

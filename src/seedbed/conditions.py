@@ -206,7 +206,8 @@ def package_versions() -> dict[str, str]:
 
 def _first_error(err: ValidationError, source: str) -> str:
     e = err.errors()[0]
-    where = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged-union")))
+    tags = {"repeated-blocks", "modular-arithmetic", "digit-addition", "text"}  # the soil union's branch names
+    where = ".".join(str(p) for p in e["loc"] if str(p) not in tags and not str(p).startswith("function-"))
     kind, msg = e["type"], e["msg"]
     if kind == "extra_forbidden":
         parent = where.rsplit(".", 1)[0] if "." in where else "the top level"

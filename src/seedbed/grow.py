@@ -36,7 +36,7 @@ from seedbed.conditions import Conditions, Optimizer, Schedule, package_versions
 from seedbed.errors import SeedbedError
 from seedbed.model import Transformer
 from seedbed.run import Run, RunLock
-from seedbed.soil import Batch, SoilBase, resolve
+from seedbed.soil import Batch, SoilBase, make_soil, resolve
 
 Observer = Callable[[nn.Module, int], dict[str, float]]
 
@@ -216,9 +216,16 @@ def grow(
     if resume is not None:
         run_path = Path(resume)
         Run.check_exists(run_path)
-        cond, soil = resolve(conditions_module.load(run_path / "conditions.toml"))
+        saved = conditions_module.load(run_path / "conditions.toml")
+        soil = make_soil(saved)
+        if soil.artifacts() != Run.read_artifacts(run_path):
+            raise SeedbedError(
+                f"the soil of '{run_path}' has changed since it was grown (its corpus or tokenizer differ): "
+                "restore the original files, or grow a new run"
+            )
+        cond, soil = resolve(saved, soil)
         if cond.versions != package_versions():
-            console.print(f"[yellow]note: this run was grown with {cond.versions}; now {package_versions()}: bitwise identity is not promised across versions")
+            console.print(f"[yellow]note: this run was grown with {cond.versions}; now {package_versions()}: bitwise identity is not promised across versions", soft_wrap=True)
     else:
         assert conditions is not None
         cond, soil = resolve(conditions)
@@ -228,7 +235,7 @@ def grow(
     backend = "nccl" if cond.device != "cpu" and torch.cuda.is_available() else "gloo"
     dist = Distributed.from_env(backend)
     device = pick_device(cond.device, dist)
-    say = console.print if dist.main else (lambda *a, **k: None)
+    say = (lambda m: console.print(m, soft_wrap=True)) if dist.main else (lambda m: None)
     if dist.world > 1:
         if cond.schedule.batch_size < dist.world:
             raise SeedbedError(f"schedule.batch_size={cond.schedule.batch_size} is smaller than {dist.world} processes: raise it")

