@@ -335,7 +335,8 @@ LABELS = {
 }
 
 
-def bench_config(cfg: Config, steps: int, warmup: int, repeats: int, peak: float, extra_fused: bool) -> dict:
+def measure_config(cfg: Config, steps: int, warmup: int, repeats: int, extra_fused: bool) -> dict[str, list[dict]]:
+    """Every kind of measurement, interleaved, `repeats` times."""
     batches = make_batches(cfg, 8)
     kinds = ["reference", "seedbed_bare"] + (["seedbed_bare_fusedopt"] if extra_fused else []) + ["seedbed_grow"]
     runs: dict[str, list[dict]] = {k: [] for k in kinds}
@@ -348,25 +349,28 @@ def bench_config(cfg: Config, steps: int, warmup: int, repeats: int, peak: float
             gc.collect()
             if k == "seedbed_grow":
                 res = measure_grow(cfg, warmup + steps)
-                res["step_s"] = res["step_s"][max(0, warmup - 1):]  # the same steps as the bare loops time
+                res["step_s"] = res["step_s"][max(0, warmup - 1):]  # the steps the bare loops time
             else:
                 res = measure_bare(k, cfg, batches, warmup, steps)
             runs[k].append(res)
             fast = cfg.tokens_per_step / fast_step(res["step_s"])
             say(f"   repeat {r + 1}/{repeats}  {k:<22} {res['tokens_per_s']:>10,.0f} tok/s   "
                 f"(fast steps {fast:>8,.0f} tok/s; load {load()})")
+    runs["n_params"] = [runs["reference"][0]["n_params"], runs["seedbed_bare"][0]["n_params"]]  # type: ignore[list-item]
+    return runs
 
-    n_ref = runs["reference"][0]["n_params"]
-    n_sb = runs["seedbed_bare"][0]["n_params"]
+
+def report_config(cfg: Config, runs: dict, peak: float) -> dict:
+    n_ref, n_sb = runs.pop("n_params")
     assert n_ref == n_sb, f"the reference has {n_ref} parameters, seedbed {n_sb}: the models differ"
     fpt = flops_per_token(n_ref, cfg)
-    out = {"config": cfg.__dict__, "n_params_no_pos": n_ref, "flops_per_token": fpt, "peak_gflops": peak, "results": {}}
+    out = {"config": cfg.__dict__, "n_params_no_pos": n_ref, "flops_per_token": fpt, "peak_fp32_gflops": peak, "results": {}}
     for k, rs in runs.items():
         tps = [x["tokens_per_s"] for x in rs]
         pooled = [t for x in rs for t in x["step_s"]]
         best = max(tps)
         out["results"][k] = {
-            "tokens_per_s": best,  # best whole-measurement figure
+            "tokens_per_s": best,  # the best whole-measurement figure
             "tokens_per_s_each_repeat": tps,
             "tokens_per_s_fast_steps": cfg.tokens_per_step / fast_step(pooled),
             "mfu": best * fpt / (peak * 1e9),
@@ -374,44 +378,71 @@ def bench_config(cfg: Config, steps: int, warmup: int, repeats: int, peak: float
     ref = out["results"]["reference"]
     for v in out["results"].values():
         v["vs_reference"] = v["tokens_per_s"] / ref["tokens_per_s"]
-        v["vs_reference_fast_steps"] = v["tokens_per_s_fast_steps"] / ref["tokens_per_s_fast_steps"]
         v["mfu_fast_steps"] = v["tokens_per_s_fast_steps"] * fpt / (peak * 1e9)
+        v["vs_reference_fast_steps"] = v["tokens_per_s_fast_steps"] / ref["tokens_per_s_fast_steps"]
 
     say(f"\n   config ({cfg.name}): N = {n_ref:,} parameters without positions, {fpt / 1e6:.2f} MFLOP/token, "
         f"{cfg.tokens_per_step:,} tokens/step; fp32 matmul peak {peak:,.1f} GFLOP/s")
-    say(f"   {'':<28}{'best run':>12}{'MFU':>8}{'vs ref':>8}   {'fast steps':>12}{'MFU':>8}{'vs ref':>8}")
-    say(f"   {'':<28}{'tok/s':>12}{'':>8}{'':>8}   {'tok/s':>12}")
+    say(f"   {'':<28}{'best run':>11}{'MFU':>8}{'vs ref':>8}  |{'fast steps':>11}{'MFU':>8}{'vs ref':>8}")
+    say(f"   {'':<28}{'tok/s':>11}{'':>16}  |{'tok/s':>11}")
     for k, v in out["results"].items():
-        say(f"   {LABELS[k]:<28}{v['tokens_per_s']:>12,.0f}{v['mfu']:>8.1%}{v['vs_reference']:>8.3f}   "
-            f"{v['tokens_per_s_fast_steps']:>12,.0f}{v['mfu_fast_steps']:>8.1%}{v['vs_reference_fast_steps']:>8.3f}")
+        say(f"   {LABELS[k]:<28}{v['tokens_per_s']:>11,.0f}{v['mfu']:>8.1%}{v['vs_reference']:>8.3f}  |"
+            f"{v['tokens_per_s_fast_steps']:>11,.0f}{v['mfu_fast_steps']:>8.1%}{v['vs_reference_fast_steps']:>8.3f}")
     return out
 
 
-def bench_bf16(steps: int, peak32: float, peak16: float) -> dict:
+def measure_bf16(steps: int) -> dict:
     cfg = CONFIGS["b"]
-    say(f"\n── bf16 vs fp32: seedbed grow() on config (b), {steps} steps each, same seed and conditions "
-        f"(load {load()})")
+    say(f"\n── bf16 vs fp32: seedbed grow() on config (b), {steps} steps each, same seed and conditions")
     res = {}
     for precision in ("fp32", "bf16"):
         gc.collect()
-        res[precision] = measure_grow(cfg, steps, precision)
-        r = res[precision]
+        res[precision] = r = measure_grow(cfg, steps, precision)
         say(f"   {precision}: {r['tokens_per_s']:,.0f} tok/s, train/loss@{steps} {r['train_loss']:.4f}, "
             f"eval/loss {r['eval_loss']:.4f}, wall {r['wall_s']:.0f}s   (load {load()})")
-    n = params_without_positions(seedbed_model(cfg))
-    fpt = flops_per_token(n, cfg)
+    return res
+
+
+def report_bf16(res: dict, peak32: float, peak16: float) -> dict:
+    cfg = CONFIGS["b"]
+    steps = res["fp32"]["steps"]
+    fpt = flops_per_token(params_without_positions(seedbed_model(cfg)), cfg)
+    for r in res.values():
+        r["tokens_per_s_fast_steps"] = cfg.tokens_per_step / fast_step(r["step_s"])
     ratio = res["bf16"]["tokens_per_s"] / res["fp32"]["tokens_per_s"]
-    say(f"\n   {'':<8}{'tokens/s':>12}{'GFLOP/s':>10}{'of fp32 peak':>14}{'of bf16 peak':>14}"
-        f"{'train/loss@' + str(steps):>18}{'eval/loss':>11}")
+    ratio_fast = res["bf16"]["tokens_per_s_fast_steps"] / res["fp32"]["tokens_per_s_fast_steps"]
+    say(f"\n   bf16 vs fp32, grow() on config (b), {steps} steps; matmul peaks fp32 {peak32:,.1f}, "
+        f"bf16 {peak16:,.1f} GFLOP/s ({peak16 / peak32:.2f}x)")
+    say(f"   {'':<6}{'tok/s':>9}{'of fp32 pk':>11}{'of bf16 pk':>11}  |{'fast steps':>11}  |"
+        f"{'train/loss@' + str(steps):>16}{'eval/loss':>10}")
     for p in ("fp32", "bf16"):
         r = res[p]
         g = r["tokens_per_s"] * fpt / 1e9
-        say(f"   {p:<8}{r['tokens_per_s']:>12,.0f}{g:>10,.1f}{g / peak32:>14.1%}{g / peak16:>14.1%}"
-            f"{r['train_loss']:>18.4f}{r['eval_loss']:>11.4f}")
-    say(f"   bf16 / fp32 throughput: {ratio:.3f}x   (matmul peaks: fp32 {peak32:,.1f}, bf16 {peak16:,.1f} GFLOP/s, "
-        f"ratio {peak16 / peak32:.2f}x)")
+        say(f"   {p:<6}{r['tokens_per_s']:>9,.0f}{g / peak32:>11.1%}{g / peak16:>11.1%}  |"
+            f"{r['tokens_per_s_fast_steps']:>11,.0f}  |{r['train_loss']:>16.4f}{r['eval_loss']:>10.4f}")
+    say(f"   bf16 / fp32 tokens/s: {ratio:.3f}x (whole runs), {ratio_fast:.3f}x (fast steps); "
+        f"train/loss@{steps} difference bf16 - fp32 = {res['bf16']['train_loss'] - res['fp32']['train_loss']:+.4f}")
+    for r in res.values():
+        r.pop("step_s")
     return {"steps": steps, "fp32": res["fp32"], "bf16": res["bf16"], "bf16_over_fp32": ratio,
-            "peak_fp32_gflops": peak32, "peak_bf16_gflops": peak16, "flops_per_token": fpt}
+            "bf16_over_fp32_fast_steps": ratio_fast, "peak_fp32_gflops": peak32, "peak_bf16_gflops": peak16,
+            "flops_per_token": fpt}
+
+
+class Peak:
+    """The best matmul GFLOP/s seen so far: measured at the start and again between parts,
+    because a peak taken while someone else's job runs would inflate every MFU."""
+
+    def __init__(self, dtype: torch.dtype, sizes: tuple[int, ...]) -> None:
+        self.dtype, self.sizes, self.best, self.all = dtype, sizes, 0.0, []
+
+    def measure(self) -> float:
+        g, n = matmul_peak(self.dtype, self.sizes)
+        self.all.append(round(g, 1))
+        self.best = max(self.best, g)
+        say(f"{str(self.dtype).removeprefix('torch.')} matmul peak: {g:,.1f} GFLOP/s (best of {self.sizes} square, at {n}); "
+            f"best so far {self.best:,.1f}   (load {load()})")
+        return self.best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,29 +462,43 @@ def main(argv: list[str] | None = None) -> int:
     bf16_steps, warmup, repeats = args.bf16_steps, args.warmup, args.repeats
     if args.quick:
         steps = {"a": min(steps["a"], 4), "b": min(steps["b"], 2)}
-        bf16_steps, warmup, repeats = min(bf16_steps, 2), min(warmup, 1), min(repeats, 1)
+        bf16_steps, warmup, repeats = min(bf16_steps, 3), min(warmup, 1), min(repeats, 1)
 
     say(f"seedbed grow() benchmark   {time.strftime('%Y-%m-%d %H:%M:%S')}")
     say(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, python {platform.python_version()}")
     say(f"load average (1, 5, 15 min) at start: {load()}")
-    report: dict = {"started": time.time(), "load_at_start": os.getloadavg(), "torch": torch.__version__,
+    report: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_at_start": os.getloadavg(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "argv": sys.argv[1:]}
 
-    peak_sizes = (1024, 2048) if args.quick else (2048, 3072, 4096)
-    peak32, n32 = matmul_peak(torch.float32, peak_sizes)
-    say(f"fp32 matmul peak: {peak32:,.1f} GFLOP/s (best of {peak_sizes} square, at {n32})")
-    report["peak_fp32_gflops"] = peak32
-    if "bf16" in parts:
-        peak16, n16 = matmul_peak(torch.bfloat16, peak_sizes)
-        say(f"bf16 matmul peak: {peak16:,.1f} GFLOP/s (at {n16})")
-        report["peak_bf16_gflops"] = peak16
+    sizes = (1024, 2048) if args.quick else (2048, 3072, 4096)
+    peak32 = Peak(torch.float32, sizes)
+    peak16 = Peak(torch.bfloat16, sizes) if "bf16" in parts else None
+    peak32.measure()
+    if peak16:
+        peak16.measure()
 
+    raw: dict = {}
     for name in ("a", "b"):
         if name in parts:
-            report[name] = bench_config(CONFIGS[name], steps[name], warmup, repeats, peak32, not args.no_fused_variant)
+            raw[name] = measure_config(CONFIGS[name], steps[name], warmup, repeats, not args.no_fused_variant)
+            peak32.measure()
     if "bf16" in parts:
-        report["bf16"] = bench_bf16(bf16_steps, peak32, peak16)
+        raw["bf16"] = measure_bf16(bf16_steps)
+        peak32.measure()
+        peak16.measure()
+
+    say(f"\n══ results (each MFU against the best matmul peak of this run: fp32 {peak32.best:,.1f} GFLOP/s)")
+    say("   best run = best of the repeats' whole-measurement tokens/s (for grow(): its train/tokens_per_s);")
+    say("   fast steps = from the fastest fifth of all step times (noise bursts dropped; optimistic)")
+    for name in ("a", "b"):
+        if name in raw:
+            report[name] = report_config(CONFIGS[name], raw[name], peak32.best)
+    if "bf16" in raw:
+        report["bf16"] = report_bf16(raw["bf16"], peak32.best, peak16.best)
+    report["peak_fp32_gflops"], report["peak_fp32_all"] = peak32.best, peak32.all
+    if peak16:
+        report["peak_bf16_gflops"], report["peak_bf16_all"] = peak16.best, peak16.all
 
     say("\n── summary")
     for name in ("a", "b"):
@@ -462,18 +507,18 @@ def main(argv: list[str] | None = None) -> int:
             say(f"   ({name}) reference {r['reference']['tokens_per_s']:,.0f} tok/s = {r['reference']['mfu']:.1%} MFU; "
                 f"seedbed bare {r['seedbed_bare']['tokens_per_s']:,.0f} ({r['seedbed_bare']['mfu']:.1%}, "
                 f"{r['seedbed_bare']['vs_reference']:.3f}x); seedbed grow {r['seedbed_grow']['tokens_per_s']:,.0f} "
-                f"({r['seedbed_grow']['mfu']:.1%}, {r['seedbed_grow']['vs_reference']:.3f}x)")
+                f"({r['seedbed_grow']['mfu']:.1%}, {r['seedbed_grow']['vs_reference']:.3f}x of the reference)")
     if "bf16" in report:
         b = report["bf16"]
         say(f"   (bf16) grow on (b): bf16 {b['bf16']['tokens_per_s']:,.0f} tok/s vs fp32 {b['fp32']['tokens_per_s']:,.0f} "
-            f"= {b['bf16_over_fp32']:.3f}x; train/loss@{b['steps']}: bf16 {b['bf16']['train_loss']:.4f}, fp32 {b['fp32']['train_loss']:.4f}")
+            f"= {b['bf16_over_fp32']:.3f}x; train/loss@{b['steps']}: bf16 {b['bf16']['train_loss']:.4f}, "
+            f"fp32 {b['fp32']['train_loss']:.4f}")
     say(f"load average at end: {load()}")
     report["load_at_end"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
         say(f"wrote {args.json}")
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

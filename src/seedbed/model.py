@@ -117,15 +117,17 @@ class Block(nn.Module):
     """resid_pre → (+ attn) → resid_mid → (+ mlp) → resid_post. Attention-only blocks skip the MLP."""
 
     def __init__(self, cfg: Architecture) -> None:
-        super().__init__()
+        super().__init__()  # submodules in forward order, so hook points are listed in that order
+        self.hook_resid_pre = HookPoint()
         self.ln1 = LayerNorm(cfg.d_model) if cfg.layernorm else nn.Identity()
         self.attn = Attention(cfg)
-        self.hook_resid_pre, self.hook_attn_out = HookPoint(), HookPoint()
+        self.hook_attn_out = HookPoint()
         self.has_mlp = not cfg.attn_only
         if self.has_mlp:
+            self.hook_resid_mid = HookPoint()
             self.ln2 = LayerNorm(cfg.d_model) if cfg.layernorm else nn.Identity()
             self.mlp = MLP(cfg)
-            self.hook_resid_mid, self.hook_mlp_out = HookPoint(), HookPoint()
+            self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
     def forward(self, x: Tensor) -> Tensor:
