@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     except ClickException as err:
         print(f"error: {err.format_message()}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("stopped without saving (Ctrl-C twice): resume from the last checkpoint with seedbed grow --resume", file=sys.stderr)
+        sys.exit(130)
     except typer.Abort:
         print("aborted", file=sys.stderr)
         sys.exit(130)

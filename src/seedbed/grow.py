@@ -59,6 +59,8 @@ class Distributed:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1:
             return cls()
+        if backend == "nccl":  # one GPU per process, chosen before NCCL starts
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         if not torch_dist.is_initialized():
             torch_dist.init_process_group(backend)
         return cls(torch_dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
@@ -99,7 +101,7 @@ def learning_rate(step: int, opt: Optimizer, sched: Schedule) -> float:
     return opt.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def make_optimizer(model: nn.Module, o: Optimizer, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, o: Optimizer) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only: decaying gains and biases only hurts."""
     params = list(model.parameters())
     groups = [
@@ -165,6 +167,8 @@ def catch_stop_signals() -> Iterator[list[bool]]:
     flag = [False]
 
     def handler(signum, frame):  # noqa: ARG001
+        if flag[0]:  # asked twice: stop now, without saving
+            raise KeyboardInterrupt
         flag[0] = True
 
     try:
@@ -261,7 +265,7 @@ def _grow(cond, soil, run, run_path, resuming, dist, device, observers, progress
     tokens_per_step = batch_size * soil.seq_len
 
     model = Transformer(cond.architecture, seed=cond.seed).to(device)
-    opt = make_optimizer(model, cond.optimizer, device)
+    opt = make_optimizer(model, cond.optimizer)
     torch.manual_seed(cond.seed + dist.rank)  # only dropout draws from the global RNG
     params = list(model.parameters())
     start = 0
@@ -273,13 +277,11 @@ def _grow(cond, soil, run, run_path, resuming, dist, device, observers, progress
     else:
         if dist.main:
             run.log_event(0, "start", f"growing {run.name}: {model.n_params():,} parameters, {total:,} steps")
-            _save(run, model, opt, 0, tokens_per_step, dist)
-        else:
-            _save(None, model, opt, 0, tokens_per_step, dist)
+        _save(run if dist.main else None, model, opt, 0, tokens_per_step, dist)
 
     ckpt_steps = set(cond.checkpoints.steps(total))
-    ranks = torch.arange(batch_size).tensor_split(dist.world)[dist.rank]  # this rank's rows of the global batch
-    my_rows = slice(int(ranks[0]), int(ranks[-1]) + 1) if len(ranks) else slice(0, 0)
+    share = torch.arange(batch_size).tensor_split(dist.world)[dist.rank]  # this rank's rows of the global batch
+    my_rows = slice(int(share[0]), int(share[-1]) + 1)
     bar = make_progress(console, total, start) if progress and dist.main else None
     t_last, steps_since = time.perf_counter(), 0
     observer_time = train_time = 0.0
@@ -361,18 +363,19 @@ def _all_reduce_grads(params: list[Tensor], dist: Distributed, extras: list[Tens
     return flat[offset:]
 
 
-def _rng_states(dist: Distributed) -> list[Tensor]:
+def _rng_states(dist: Distributed, device: torch.device) -> list[Tensor]:
     """Every rank's CPU RNG state (index = rank); dropout is the only consumer."""
     mine = torch.get_rng_state()
     if dist.world == 1:
         return [mine]
+    mine = mine.to(device)  # NCCL gathers GPU tensors only
     out: list[Tensor] = [torch.empty_like(mine) for _ in range(dist.world)]
     torch_dist.all_gather(out, mine)
-    return out
+    return [t.cpu() for t in out]
 
 
 def _save(run: Run | None, model: nn.Module, opt: torch.optim.Optimizer, step: int, tokens_per_step: int, dist: Distributed) -> None:
-    rng = _rng_states(dist)  # collective: every rank takes part
+    rng = _rng_states(dist, next(model.parameters()).device)  # collective: every rank takes part
     if run is None:
         return
     state = {
