@@ -13,14 +13,21 @@ For each config it measures, interleaved and repeated (the machine is shared and
                  foreach here);
   seedbed bare   seedbed's Transformer in exactly the same loop, on the same data tensors,
                  with the same optimiser: the cost of the model alone;
+  (+ fused)      seedbed's Transformer in that loop with the optimiser grow() makes (fused AdamW);
   seedbed grow   the real `seedbed.grow.grow()` on repeated-blocks conditions of the same
                  shape; its `train/tokens_per_s` (eval_every = steps: one figure for the run).
+Then bf16 vs fp32: grow() on config (b) with precision "bf16" and "fp32", same seed,
+`--bf16-steps` steps each: tokens/s, the ratio, and train/loss side by side.
 
 MFU = tokens/s * FLOPs/token / matmul peak, where FLOPs/token = 6 N + 12 L d_model T
 (N = parameters without the position embeddings, as nanoGPT estimates it) and the peak is
 the best fp32 GFLOP/s of large square matmuls measured in this same process.
 
-Each figure is the best of `--repeats` measurements; ratios are of figures from this run.
+Each figure is the best of `--repeats` measurements ("best run"); a second figure ("fast
+steps") comes from the fastest fifth of all step times, which noise bursts on a shared
+machine move less. For grow() the step times come from a global optimiser-step hook, which
+changes nothing inside grow(). Ratios are of figures from the same run. bench/README.md
+says more.
 """
 
 from __future__ import annotations
@@ -237,7 +244,7 @@ def bare_loop(model: nn.Module, opt: torch.optim.Optimizer, batches, warmup: int
     """The plain loop: forward, loss, backward, clip 1.0, step. Returns timings of the timed steps."""
     model.train()
     params = [p for p in model.parameters()]
-    times, loss = [], float("nan")
+    times, warm, loss = [], [], float("nan")
     for i in range(warmup + steps):
         x, y = batches[i % len(batches)]
         t = time.perf_counter()
@@ -248,9 +255,8 @@ def bare_loop(model: nn.Module, opt: torch.optim.Optimizer, batches, warmup: int
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss = loss_t.item()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return {"seconds": sum(times), "step_s": times, "loss": loss}
+        (times if i >= warmup else warm).append(time.perf_counter() - t)
+    return {"seconds": sum(times), "step_s": times, "warmup_s": sum(warm), "loss": loss}
 
 
 def measure_bare(which: str, cfg: Config, batches, warmup: int, steps: int) -> dict:
@@ -299,12 +305,16 @@ def measure_grow(cfg: Config, steps: int, precision: str = "fp32", seed: int = 0
         handle.remove()
     assert tps and tps[-1][0] == steps, tps
     assert len(stamps) == steps, (len(stamps), steps)
+    step_s = [b - a for a, b in zip(stamps, stamps[1:])]  # steps 2..n, each a whole loop iteration
     return {
         "tokens_per_s": tps[-1][1],
-        "step_s": [b - a for a, b in zip(stamps, stamps[1:])],  # steps 2..n, each a whole iteration
+        "step_s": step_s,
+        # grow() times from just before step 1; the hook's intervals start at the end of step 1
+        "first_step_s": cfg.tokens_per_step * steps / tps[-1][1] - sum(step_s),
         "wall_s": wall,
         "steps": steps,
         "train_loss": loss.get(steps),
+        "train_loss_curve": sorted(loss.items()),
         "eval_loss": eval_loss,
     }
 
@@ -312,7 +322,13 @@ def measure_grow(cfg: Config, steps: int, precision: str = "fp32", seed: int = 0
 def _quiet_console():
     from rich.console import Console
 
-    return Console(file=open(os.devnull, "w"))
+    global _QUIET
+    if _QUIET is None:
+        _QUIET = Console(file=open(os.devnull, "w"))
+    return _QUIET
+
+
+_QUIET = None
 
 
 def fast_step(times: list[float]) -> float:
@@ -357,7 +373,10 @@ def measure_config(cfg: Config, steps: int, warmup: int, repeats: int, extra_fus
             gc.collect()
             if k == "seedbed_grow":
                 res = measure_grow(cfg, warmup + steps)
-                res["step_s"] = res["step_s"][max(0, warmup - 1):]  # the steps the bare loops time
+                cut = max(0, warmup - 1)
+                res["warmup_s"] = res["first_step_s"] + sum(res["step_s"][:cut])
+                res["step_s"] = res["step_s"][cut:]  # the steps the bare loops time
+                res["seconds"] = sum(res["step_s"])
             else:
                 res = measure_bare(k, cfg, batches, warmup, steps)
             runs[k].append(res)
@@ -377,9 +396,12 @@ def report_config(cfg: Config, runs: dict, peak: float) -> dict:
         tps = [x["tokens_per_s"] for x in rs]
         pooled = [t for x in rs for t in x["step_s"]]
         best = max(tps)
+        same = [cfg.tokens_per_step * len(x["step_s"]) / x["seconds"] for x in rs]
         out["results"][k] = {
             "tokens_per_s": best,  # the best whole-measurement figure
             "tokens_per_s_each_repeat": tps,
+            "tokens_per_s_timed_steps": max(same),  # over the steps the bare loops time (= tokens_per_s for them)
+            "warmup_s_each_repeat": [x["warmup_s"] for x in rs],
             "tokens_per_s_fast_steps": cfg.tokens_per_step / fast_step(pooled),
             "mfu": best * fpt / (peak * 1e9),
         }
@@ -396,6 +418,14 @@ def report_config(cfg: Config, runs: dict, peak: float) -> dict:
     for k, v in out["results"].items():
         say(f"   {LABELS[k]:<28}{v['tokens_per_s']:>11,.0f}{v['mfu']:>8.1%}{v['vs_reference']:>8.3f}  |"
             f"{v['tokens_per_s_fast_steps']:>11,.0f}{v['mfu_fast_steps']:>8.1%}{v['vs_reference_fast_steps']:>8.3f}")
+    g, r = out["results"]["seedbed_grow"], out["results"]["reference"]
+    n_timed = len(runs["seedbed_grow"][0]["step_s"])
+    say(f"   grow() over only the steps the bare loops time (the last {n_timed}, from the step hook): "
+        f"{g['tokens_per_s_timed_steps']:,.0f} tok/s, {g['tokens_per_s_timed_steps'] * fpt / (peak * 1e9):.1%} MFU, "
+        f"{g['tokens_per_s_timed_steps'] / r['tokens_per_s']:.3f}x the reference")
+    say(f"   the untimed first steps took (s, per repeat): reference "
+        f"{', '.join(f'{x:.2f}' for x in r['warmup_s_each_repeat'])}; grow() "
+        f"{', '.join(f'{x:.2f}' for x in g['warmup_s_each_repeat'])}")
     return out
 
 
@@ -430,6 +460,17 @@ def report_bf16(res: dict, peak32: float, peak16: float) -> dict:
             f"{r['tokens_per_s_fast_steps']:>11,.0f}  |{r['train_loss']:>16.4f}{r['eval_loss']:>10.4f}")
     say(f"   bf16 / fp32 tokens/s: {ratio:.3f}x (whole runs), {ratio_fast:.3f}x (fast steps); "
         f"train/loss@{steps} difference bf16 - fp32 = {res['bf16']['train_loss'] - res['fp32']['train_loss']:+.4f}")
+    say(f"   train/loss along the way (same batches in both runs; mean of 10 steps ending at each step):")
+    curves = {p: dict(res[p].pop("train_loss_curve")) for p in ("fp32", "bf16")}
+    marks = sorted({min(steps, max(10, round(steps * f / 8))) for f in range(1, 9)})
+    for p in ("fp32", "bf16"):
+        c = curves[p]
+        row = "".join(f"{statistics.fmean(c[s] for s in range(m - 9, m + 1) if s in c):>8.4f}" for m in marks)
+        say(f"   {p:<6}" + row)
+    say(f"   {'step':<6}" + "".join(f"{m:>8d}" for m in marks))
+    for p in ("fp32", "bf16"):
+        res[p]["train_loss_mean_last_10"] = statistics.fmean(curves[p][s] for s in range(steps - 9, steps + 1) if s in curves[p])
+        res[p]["train_loss_every_step"] = [curves[p].get(s) for s in range(1, steps + 1)]
     for r in res.values():
         r.pop("step_s")
     return {"steps": steps, "fp32": res["fp32"], "bf16": res["bf16"], "bf16_over_fp32": ratio,
@@ -457,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default: 30 for (a), 10 for (b))")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps before each bare-loop measurement")
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats per measurement; the best counts")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats per measurement, the best counts (default: 5 for (a), 3 for (b))")
     ap.add_argument("--bf16-steps", type=int, default=200, help="steps of the bf16-vs-fp32 grow() comparison")
     ap.add_argument("--only", choices=["a", "b", "bf16"], action="append", help="run only this part (repeatable)")
     ap.add_argument("--quick", action="store_true", help="tiny step counts: a smoke test")
@@ -467,10 +508,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parts = args.only or ["a", "b", "bf16"]
     steps = {"a": args.steps or 30, "b": args.steps or 10}
-    bf16_steps, warmup, repeats = args.bf16_steps, args.warmup, args.repeats
+    repeats = {"a": args.repeats or 5, "b": args.repeats or 3}
+    bf16_steps, warmup = args.bf16_steps, args.warmup
     if args.quick:  # a smoke test: every path runs, the figures mean little
         steps = {"a": min(steps["a"], 3), "b": min(steps["b"], 1)}
-        bf16_steps, warmup, repeats = min(bf16_steps, 2), min(warmup, 1), min(repeats, 1)
+        bf16_steps, warmup, repeats = min(bf16_steps, 2), min(warmup, 1), {"a": 1, "b": 1}
 
     say(f"seedbed grow() benchmark   {time.strftime('%Y-%m-%d %H:%M:%S')}")
     say(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
@@ -489,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     raw: dict = {}
     for name in ("a", "b"):
         if name in parts:
-            raw[name] = measure_config(CONFIGS[name], steps[name], warmup, repeats, not args.no_fused_variant)
+            raw[name] = measure_config(CONFIGS[name], steps[name], warmup, repeats[name], not args.no_fused_variant)
             if not args.quick:
                 peak32.measure()
     if "bf16" in parts:

@@ -255,8 +255,6 @@ def grow(
     finally:
         if dist.main:
             lock.release()
-            if run is not None:
-                run.close()
 
 
 def _grow(cond, soil, run, run_path, resuming, dist, device, observers, progress, console, say) -> Run:  # noqa: C901
