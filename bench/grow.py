@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import json
 import math
 import os
@@ -234,9 +233,7 @@ def seedbed_model(cfg: Config) -> Transformer:
 
 
 def seedbed_optimizer(model: nn.Module, cond) -> torch.optim.Optimizer:
-    """The optimiser grow() makes (its signature has changed once: take either)."""
-    if "device" in inspect.signature(make_optimizer).parameters:
-        return make_optimizer(model, cond.optimizer, torch.device("cpu"))
+    """The optimiser grow() makes."""
     return make_optimizer(model, cond.optimizer)
 
 
@@ -460,7 +457,7 @@ def report_bf16(res: dict, peak32: float, peak16: float) -> dict:
             f"{r['tokens_per_s_fast_steps']:>11,.0f}  |{r['train_loss']:>16.4f}{r['eval_loss']:>10.4f}")
     say(f"   bf16 / fp32 tokens/s: {ratio:.3f}x (whole runs), {ratio_fast:.3f}x (fast steps); "
         f"train/loss@{steps} difference bf16 - fp32 = {res['bf16']['train_loss'] - res['fp32']['train_loss']:+.4f}")
-    say(f"   train/loss along the way (same batches in both runs; mean of 10 steps ending at each step):")
+    say("   train/loss along the way (same batches in both runs; mean of 10 steps ending at each step):")
     curves = {p: dict(res[p].pop("train_loss_curve")) for p in ("fp32", "bf16")}
     marks = sorted({min(steps, max(10, round(steps * f / 8))) for f in range(1, 9)})
     for p in ("fp32", "bf16"):

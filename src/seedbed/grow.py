@@ -281,8 +281,8 @@ def _grow(cond, soil, run, run_path, resuming, dist, device, observers, progress
     share = torch.arange(batch_size).tensor_split(dist.world)[dist.rank]  # this rank's rows of the global batch
     my_rows = slice(int(share[0]), int(share[-1]) + 1)
     bar = make_progress(console, total, start) if progress and dist.main else None
-    t_last, steps_since = time.perf_counter(), 0
-    observer_time = train_time = 0.0
+    observer_time = train_time = 0.0  # seconds in training steps / in evals and observers
+    steps_since, train_time_then = 0, 0.0  # for tokens/s over the steps since the last eval
 
     with catch_stop_signals() as stop, (bar or nullcontext()):
         step = start
@@ -315,9 +315,8 @@ def _grow(cond, soil, run, run_path, resuming, dist, device, observers, progress
             if dist.main:
                 run.log_metrics(step, {"train/loss": loss_value})
             if step % sched.eval_every == 0 or step == total:
-                now = time.perf_counter()
-                tps = tokens_per_step * steps_since / (now - t_last)
-                t_last, steps_since = now, 0
+                tps = tokens_per_step * steps_since / max(train_time - train_time_then, 1e-9)  # training steps only
+                steps_since, train_time_then = 0, train_time
                 if dist.main:
                     t1 = time.perf_counter()
                     metrics = evaluate(model, soil, cond, device)
