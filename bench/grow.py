@@ -80,7 +80,7 @@ CONFIGS = {
 }
 
 
-def conditions_dict(cfg: Config, steps: int, precision: str = "fp32", seed: int = 0) -> dict:
+def conditions_dict(cfg: Config, steps: int, precision: str = "fp32", seed: int = 0, eval_every: int | None = None) -> dict:
     """Plain conditions for seedbed's grow(): repeated blocks, this shape, fp32 or bf16."""
     return {
         "name": f"bench-{cfg.name}",
@@ -101,7 +101,7 @@ def conditions_dict(cfg: Config, steps: int, precision: str = "fp32", seed: int 
             "batch_size": cfg.batch,
             "warmup_steps": min(20, steps // 10),
             "decay": "cosine",
-            "eval_every": steps,  # one throughput figure over the whole run
+            "eval_every": eval_every or steps,  # grow() logs tokens/s over each window between evals
             "eval_batches": 1,
         },
         "checkpoints": {"log_until": 0, "every": 10**9},  # only step 0 and the end
@@ -276,14 +276,18 @@ def measure_bare(which: str, cfg: Config, batches, warmup: int, steps: int) -> d
     return r
 
 
-def measure_grow(cfg: Config, steps: int, precision: str = "fp32", seed: int = 0) -> dict:
+def measure_grow(cfg: Config, steps: int, precision: str = "fp32", seed: int = 0, warmup: int = 0) -> dict:
     """The real grow() in a temp runs dir; its own train/tokens_per_s and the loss it logged.
+
+    With `warmup`, grow() evaluates every `warmup` steps, so its first tokens/s window
+    holds the warmup steps and the figure returned covers only the later windows,
+    the same steps that the bare loops time (grow() leaves eval time out of tokens/s).
 
     A global optimiser-step hook (no change to grow) also stamps the end of every
     step, so the time of each whole loop iteration is known too: a figure that
     noise bursts on this shared machine cannot move as much.
     """
-    cond = parse(conditions_dict(cfg, steps, precision, seed))
+    cond = parse(conditions_dict(cfg, steps, precision, seed, eval_every=warmup or None))
     stamps: list[float] = []
     handle = register_optimizer_step_post_hook(lambda *_: stamps.append(time.perf_counter()))
     try:
@@ -303,11 +307,15 @@ def measure_grow(cfg: Config, steps: int, precision: str = "fp32", seed: int = 0
     assert tps and tps[-1][0] == steps, tps
     assert len(stamps) == steps, (len(stamps), steps)
     step_s = [b - a for a, b in zip(stamps, stamps[1:])]  # steps 2..n, each a whole loop iteration
+    ends = [s for s, _ in tps]
+    window_s = [(end - start) * cfg.tokens_per_step / v for start, end, v in zip([0] + ends, ends, (v for _, v in tps))]
+    timed = slice(1, None) if warmup and len(tps) > 1 else slice(None)  # drop the warmup window
+    timed_steps = sum(end - start for start, end in list(zip([0] + ends, ends))[timed])
     return {
-        "tokens_per_s": tps[-1][1],
+        "tokens_per_s": timed_steps * cfg.tokens_per_step / sum(window_s[timed]),
         "step_s": step_s,
         # grow() times from just before step 1; the hook's intervals start at the end of step 1
-        "first_step_s": cfg.tokens_per_step * steps / tps[-1][1] - sum(step_s),
+        "first_step_s": window_s[0] - sum(step_s[: ends[0] - 1]),
         "wall_s": wall,
         "steps": steps,
         "train_loss": loss.get(steps),
@@ -364,12 +372,12 @@ def measure_config(cfg: Config, steps: int, warmup: int, repeats: int, extra_fus
     say(f"\n── config ({cfg.name}): {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads, "
         f"block {cfg.block}, batch {cfg.batch}, vocab {cfg.vocab}, d_mlp {cfg.d_mlp}, fp32")
     say(f"   bare loops: {warmup} warmup + {steps} timed steps; grow(): {warmup + steps} steps, its own "
-        f"train/tokens_per_s over all of them; {repeats} interleaved repeats")
+        f"train/tokens_per_s over the last {steps} (evals every {warmup}, not timed); {repeats} interleaved repeats")
     for r in range(repeats):
         for k in kinds:
             gc.collect()
             if k == "seedbed_grow":
-                res = measure_grow(cfg, warmup + steps)
+                res = measure_grow(cfg, warmup + steps, warmup=warmup)
                 cut = max(0, warmup - 1)
                 res["warmup_s"] = res["first_step_s"] + sum(res["step_s"][:cut])
                 res["step_s"] = res["step_s"][cut:]  # the steps the bare loops time

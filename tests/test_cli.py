@@ -95,3 +95,29 @@ def test_a_run_folder_moves(tmp_path):
     run = Run.open(tmp_path / "elsewhere", readonly=True)
     assert (tmp_path / "elsewhere" / run.checkpoints()[-1].file).is_file()
     assert cli("grow", "--resume", "elsewhere", "--no-progress", cwd=tmp_path).returncode == 0
+
+
+def test_runs_lists_a_broken_run_without_failing(tmp_path):
+    cond = write_toml(tmp_path / "tiny.toml", tiny_dict(schedule={"steps": 10}))
+    assert cli("grow", str(cond), "--no-progress", cwd=tmp_path).returncode == 0
+    broken = tmp_path / "runs" / "broken"
+    broken.mkdir()
+    (broken / "run.sqlite").write_text("not a database")
+    shutil.copy(tmp_path / "runs" / "tiny" / "conditions.toml", broken / "conditions.toml")
+    proc = cli("runs", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "unreadable" in proc.stdout and "10/10" in proc.stdout
+    one_line_error(cli("grow", "--resume", "runs/broken", cwd=tmp_path), "run.sqlite")
+
+
+def test_unwritable_runs_folder_is_one_line(tmp_path):
+    import os
+
+    if os.geteuid() == 0:  # root writes anywhere: use a path under a file instead
+        (tmp_path / "afile").write_text("x")
+        runs_dir = str(tmp_path / "afile" / "runs")
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        runs_dir = str(tmp_path / "ro" / "runs")
+    cond = write_toml(tmp_path / "tiny.toml", tiny_dict())
+    one_line_error(cli("grow", str(cond), "--runs-dir", runs_dir, "--no-progress", cwd=tmp_path), "cannot use")

@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="seedbed: grow small models from declared conditions, then read what grew.",
 )
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 120)  # piped output: wide enough for the runs table
 
 
 @app.command()
@@ -55,8 +55,7 @@ def grow(
 @app.command()
 def runs(runs_dir: Path = typer.Argument(Path("runs"), help="folder of runs")) -> None:
     """List the runs: name, soil, parameters, steps done, last losses, status."""
-    from seedbed.model import Transformer
-    from seedbed.run import Run, list_runs
+    from seedbed.run import list_runs
 
     found = list_runs(runs_dir)
     if not found:
@@ -65,29 +64,42 @@ def runs(runs_dir: Path = typer.Argument(Path("runs"), help="folder of runs")) -
     table = Table(box=box.SIMPLE_HEAD)
     for col in ("name", "soil", "params", "steps", "train loss", "eval loss", "status"):
         table.add_column(col, no_wrap=True, justify="left" if col in ("name", "soil", "status") else "right")
+    problems = []
     for path in found:
-        run = Run.open(path, readonly=True)
         try:
-            cond = run.conditions
-            import torch
-
-            with torch.device("meta"):
-                n_params = Transformer(cond.architecture).n_params()
-            fmt = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
-            table.add_row(
-                run.name,
-                cond.soil.kind,
-                f"{n_params:,}",
-                f"{run.steps_done():,}/{cond.schedule.steps:,}",
-                fmt(run.last_metric("train/loss")),
-                fmt(run.last_metric("eval/loss")),
-                run.status(),
-            )
+            table.add_row(*_run_row(path))
         except SeedbedError as err:
-            table.add_row(path.name, "?", "?", "?", "?", "?", f"unreadable: {err}")
-        finally:
-            run.close()
+            table.add_row(path.name, "?", "?", "?", "?", "?", "unreadable")
+            problems.append(f"{path.name}: {err}")
     console.print(table)
+    for line in problems:
+        console.print(line, soft_wrap=True, markup=False)
+
+
+def _run_row(path: Path) -> list[str]:
+    """One line of `seedbed runs`; a SeedbedError if the run cannot be read."""
+    import torch
+
+    from seedbed.model import Transformer
+    from seedbed.run import Run
+
+    run = Run.open(path, readonly=True)
+    try:
+        cond = run.conditions
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            n_params = Transformer(cond.architecture).n_params()
+        fmt = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
+        return [
+            run.name,
+            cond.soil.kind,
+            f"{n_params:,}",
+            f"{run.steps_done():,}/{cond.schedule.steps:,}",
+            fmt(run.last_metric("train/loss")),
+            fmt(run.last_metric("eval/loss")),
+            run.status(),
+        ]
+    finally:
+        run.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,6 +120,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except ClickException as err:
         print(f"error: {err.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:  # a folder that cannot be written, a full disk: say which file and why
+        where = f" '{err.filename}'" if err.filename else ""
+        print(f"error: cannot use{where}: {err.strerror or err}: check the path, its permissions and free space", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("stopped without saving (Ctrl-C twice): resume from the last checkpoint with seedbed grow --resume", file=sys.stderr)

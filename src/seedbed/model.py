@@ -156,7 +156,8 @@ class Transformer(nn.Module):
         if cfg.tied_embeddings:
             self.unembed.weight = self.embed.weight
         self.hook_points = name_hook_points(self)
-        self.init_weights(seed)
+        if self.embed.weight.device.type != "meta":  # a meta model only has shapes
+            self.init_weights(seed)
 
     @torch.no_grad()
     def init_weights(self, seed: int) -> None:

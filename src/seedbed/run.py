@@ -47,11 +47,15 @@ class Run:
 
     def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
-        if readonly:  # other ranks, and readers, never take the write lock
-            self.db = sqlite3.connect(f"file:{self.path / 'run.sqlite'}?mode=ro", uri=True, timeout=30)
-        else:
-            self.db = sqlite3.connect(self.path / "run.sqlite", timeout=30)
-            self.db.executescript(SCHEMA)
+        try:
+            if readonly:  # other ranks, and readers, never take the write lock
+                self.db = sqlite3.connect(f"file:{self.path / 'run.sqlite'}?mode=ro", uri=True, timeout=30)
+                self.db.execute("SELECT 1 FROM checkpoints LIMIT 1")
+            else:
+                self.db = sqlite3.connect(self.path / "run.sqlite", timeout=30)
+                self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as err:
+            raise SeedbedError(f"'{self.path / 'run.sqlite'}' is not a readable run index ({err}): restore it from a copy") from None
 
     # ── creating and opening ────────────────────────────────────────────────
     @staticmethod
