@@ -15,7 +15,8 @@ For each config it measures, interleaved and repeated (the machine is shared and
                  with the same optimiser: the cost of the model alone;
   (+ fused)      seedbed's Transformer in that loop with the optimiser grow() makes (fused AdamW);
   seedbed grow   the real `seedbed.grow.grow()` on repeated-blocks conditions of the same
-                 shape; its `train/tokens_per_s` (eval_every = steps: one figure for the run).
+                 shape; its own `train/tokens_per_s`, evaluating every `--warmup` steps so
+                 that the figure covers the same steps the bare loops time (eval untimed).
 Then bf16 vs fp32: grow() on config (b) with precision "bf16" and "fp32", same seed,
 `--bf16-steps` steps each: tokens/s, the ratio, and train/loss side by side.
 
@@ -401,11 +402,9 @@ def report_config(cfg: Config, runs: dict, peak: float) -> dict:
         tps = [x["tokens_per_s"] for x in rs]
         pooled = [t for x in rs for t in x["step_s"]]
         best = max(tps)
-        same = [cfg.tokens_per_step * len(x["step_s"]) / x["seconds"] for x in rs]
         out["results"][k] = {
             "tokens_per_s": best,  # the best whole-measurement figure
             "tokens_per_s_each_repeat": tps,
-            "tokens_per_s_timed_steps": max(same),  # over the steps the bare loops time (= tokens_per_s for them)
             "warmup_s_each_repeat": [x["warmup_s"] for x in rs],
             "tokens_per_s_fast_steps": cfg.tokens_per_step / fast_step(pooled),
             "mfu": best * fpt / (peak * 1e9),
@@ -424,10 +423,6 @@ def report_config(cfg: Config, runs: dict, peak: float) -> dict:
         say(f"   {LABELS[k]:<28}{v['tokens_per_s']:>11,.0f}{v['mfu']:>8.1%}{v['vs_reference']:>8.3f}  |"
             f"{v['tokens_per_s_fast_steps']:>11,.0f}{v['mfu_fast_steps']:>8.1%}{v['vs_reference_fast_steps']:>8.3f}")
     g, r = out["results"]["seedbed_grow"], out["results"]["reference"]
-    n_timed = len(runs["seedbed_grow"][0]["step_s"])
-    say(f"   grow() over only the steps the bare loops time (the last {n_timed}, from the step hook): "
-        f"{g['tokens_per_s_timed_steps']:,.0f} tok/s, {g['tokens_per_s_timed_steps'] * fpt / (peak * 1e9):.1%} MFU, "
-        f"{g['tokens_per_s_timed_steps'] / r['tokens_per_s']:.3f}x the reference")
     say(f"   the untimed first steps took (s, per repeat): reference "
         f"{', '.join(f'{x:.2f}' for x in r['warmup_s_each_repeat'])}; grow() "
         f"{', '.join(f'{x:.2f}' for x in g['warmup_s_each_repeat'])}")

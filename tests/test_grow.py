@@ -229,3 +229,17 @@ def test_text_soil_grows_and_resume_refuses_a_changed_corpus(tmp_path):
     corpus.write_text("something else entirely, with other letters: XYZ. " * 40)
     with pytest.raises(SeedbedError, match="has changed"):
         grow(resume=run.path, progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", sorted(p.name for p in (Path(__file__).parent.parent / "examples").glob("*.toml")))
+def test_every_example_grows_a_few_steps(tmp_path, example):
+    from seedbed import conditions
+
+    cond = conditions.load(Path(__file__).parent.parent / "examples" / example)
+    if getattr(cond.soil, "corpus", None):
+        pytest.skip("a built-in corpus needs the package registry; tests never use the network")
+    cond = cond.model_copy(update={"schedule": cond.schedule.model_copy(update={"steps": 3, "eval_every": 3, "eval_batches": 1})})
+    run = grow(cond, runs_dir=tmp_path, progress=False)
+    assert [r.step for r in run.checkpoints()] == [0, 1, 2, 3]
+    assert math.isfinite(run.last_metric("eval/loss"))
