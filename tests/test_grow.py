@@ -243,3 +243,40 @@ def test_every_example_grows_a_few_steps(tmp_path, example):
     run = grow(cond, runs_dir=tmp_path, progress=False)
     assert [r.step for r in run.checkpoints()] == [0, 1, 2, 3]
     assert math.isfinite(run.last_metric("eval/loss"))
+
+
+def _kill_9_all_with(word: str) -> None:
+    """SIGKILL every process whose command line contains `word`."""
+    for proc_dir in Path("/proc").iterdir():
+        try:
+            if proc_dir.name.isdigit() and word in (proc_dir / "cmdline").read_bytes().decode(errors="replace"):
+                os.kill(int(proc_dir.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+@pytest.mark.slow
+def test_data_parallel_kill_9_then_resume_is_bit_identical_with_dropout(tmp_path):
+    """Every rank's RNG state is checkpointed, so even per-rank dropout resumes exactly."""
+    data = tiny_dict(schedule={"steps": 1000, "eval_every": 50}, checkpoints={"log_until": 0, "every": 20},
+                     architecture={"attn_only": False, "dropout": 0.1})
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "seedbed", "grow"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("ref", "victim"):
+        write_toml(tmp_path / f"{name}.toml", {**data, "name": name})
+    ref = subprocess.run(torchrun + ["ref.toml", "--no-progress"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    proc = subprocess.Popen(torchrun + ["victim.toml", "--no-progress"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    path = tmp_path / "runs" / "victim"
+    _wait_for_checkpoint(proc, path, 200)
+    _kill_9_all_with("victim.toml")  # torchrun and both ranks (torchrun starts its workers in their own sessions)
+    proc.wait()
+    assert max(checkpoint_steps(path)) < 1000, "the run finished before it could be killed"
+
+    resumed = subprocess.run(torchrun + ["--resume", "runs/victim", "--no-progress"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600, env=env)
+    assert resumed.returncode == 0, [line for line in resumed.stderr.splitlines() if "error" in line.lower()][:5]
+    assert "resuming victim" in resumed.stdout
+    assert_same_weights(final_weights(path), final_weights(tmp_path / "runs" / "ref"))

@@ -189,12 +189,13 @@ def make_progress(console: Console, total: int, start: int) -> Progress:
         BarColumn(),
         TextColumn("step {task.completed:,.0f}/{task.total:,.0f}"),
         TextColumn("loss {task.fields[loss]}"),
+        TextColumn("held-out {task.fields[eval_loss]}"),
         TextColumn("{task.fields[tps]} tok/s"),
         TimeRemainingColumn(),
         console=console,
         transient=False,
     )
-    progress.add_task("grow", total=total, completed=start, loss="–", tps="–")
+    progress.add_task("grow", total=total, completed=start, loss="–", eval_loss="–", tps="–")
     return progress
 
 
@@ -327,7 +328,7 @@ def _grow(cond, soil, run, run_path, resuming, dist, device, observers, progress
                     run.log_metrics(step, metrics)
                     run.commit()
                     if bar is not None:
-                        bar.update(bar.task_ids[0], tps=f"{tps:,.0f}")
+                        bar.update(bar.task_ids[0], tps=f"{tps:,.0f}", eval_loss=f"{metrics['eval/loss']:.3f}")
             if bar is not None:
                 bar.update(bar.task_ids[0], completed=step, loss=f"{loss_value:.3f}")
             if step in ckpt_steps or stop_now:

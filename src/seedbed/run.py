@@ -185,7 +185,7 @@ class RunLock:
             return None
         except PermissionError:
             return pid
-        return pid
+        return None if _is_zombie(pid) else pid
 
     def acquire(self) -> None:
         pid = self.holder()
@@ -195,6 +195,15 @@ class RunLock:
 
     def release(self) -> None:
         self.file.unlink(missing_ok=True)
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed process nobody has reaped yet still answers kill(pid, 0) (Linux: state Z)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
 def list_runs(runs_dir: str | Path) -> list[Path]:
