@@ -117,7 +117,11 @@ def loss_targets(batch: Batch, loss_on: str) -> Tensor:
     targets = batch.targets
     if loss_on == "all":
         return targets
-    keep = batch.answer if loss_on == "answer" else torch.zeros_like(batch.answer).index_fill_(1, torch.tensor([targets.shape[1] - 1]), True)
+    if loss_on == "answer":
+        keep = batch.answer
+    else:  # "last"
+        keep = torch.zeros_like(batch.answer)
+        keep[:, -1] = True
     return targets.masked_fill(~keep, -100)
 
 
@@ -144,10 +148,10 @@ def evaluate(model: nn.Module, soil: SoilBase, cond: Conditions, device: torch.d
         batch = batch.to(device)
         with autocast(device, cond.precision):
             logits = model(batch.inputs)
-        targets = loss_targets(batch, cond.objective.loss_on)
-        per_token = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+        # every position's loss and correctness (the soil's metrics may look anywhere); the objective's mask on top
+        per_token = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="none").view(batch.targets.shape)
         correct = logits.argmax(-1) == batch.targets
-        mask = targets != -100
+        mask = loss_targets(batch, cond.objective.loss_on) != -100
         loss_sum += per_token[mask].sum().item()
         correct_sum += correct[mask].sum().item()
         count += mask.sum().item()
@@ -379,6 +383,7 @@ def _save(run: Run | None, model: nn.Module, opt: torch.optim.Optimizer, step: i
     state = {
         "step": step,
         "cursor": step,  # one global batch per step
+        # (the learning-rate schedule is a pure function of the step: the step is its whole state)
         "optimizer": opt.state_dict(),
         "rng": rng,
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
