@@ -244,7 +244,7 @@ def grow(
     backend = "nccl" if cond.device != "cpu" and torch.cuda.is_available() else "gloo"
     dist = Distributed.from_env(backend)
     device = pick_device(cond.device, dist)
-    say = (lambda m: console.print(m, soft_wrap=True)) if dist.main else (lambda m: None)
+    say = (lambda m: console.print(m, soft_wrap=True, highlight=False)) if dist.main else (lambda m: None)
     if dist.world > 1:
         if cond.schedule.batch_size < dist.world:
             raise SeedbedError(f"schedule.batch_size={cond.schedule.batch_size} is smaller than {dist.world} processes: raise it")
