@@ -103,18 +103,19 @@ def test_every_soil_and_objective_grows(runs, over):
         assert run.last_metric("eval/exact_match") is not None and run.last_metric("eval/digit2_loss") is not None
 
 
-def test_corrupt_newest_checkpoint_falls_back_and_regrows_the_same(runs, capsys):
+@pytest.mark.parametrize("which", ["safetensors", "state.pt"])
+def test_corrupt_newest_checkpoint_falls_back_and_regrows_the_same(runs, capsys, which):
     grow(tiny(), runs_dir=runs, progress=False)
     path = runs / "tiny"
     good = final_weights(path)
-    newest = path / "checkpoints" / "step-000040.safetensors"
+    newest = path / "checkpoints" / f"step-000040.{which}"
     data = bytearray(newest.read_bytes())
-    data[-5] ^= 0xFF
+    data[len(data) // 2] ^= 0xFF
     newest.write_bytes(bytes(data))
     grow(resume=path, progress=False)
     out = capsys.readouterr().out
     assert "step 40 is corrupt" in out and "resuming tiny from step 30" in out
-    assert (path / "checkpoints" / "step-000040.safetensors.corrupt").is_file()  # set aside, not deleted
+    assert (path / "checkpoints" / f"step-000040.{which}.corrupt").is_file()  # set aside, not deleted
     assert_same_weights(final_weights(path), good)
     kinds = [k for _, k, _ in Run.open(path).events()]
     assert "corrupt-checkpoint" in kinds and kinds[-1] == "done"
