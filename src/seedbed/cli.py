@@ -40,8 +40,6 @@ def grow(
     from seedbed.grow import Interrupted
     from seedbed.grow import grow as grow_run
 
-    if (conditions is None) == (resume is None):
-        raise SeedbedError("give a conditions file (seedbed grow examples/induction-tiny.toml) or --resume runs/NAME, not both")
     cond = None
     if conditions is not None:
         cond = conditions_module.load(conditions)

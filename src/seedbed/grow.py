@@ -135,7 +135,7 @@ def autocast(device: torch.device, precision: str):
 def evaluate(model: nn.Module, soil: SoilBase, cond: Conditions, device: torch.device) -> dict[str, float]:
     """Held-out loss and accuracy on the objective's positions, plus the soil's own metrics."""
     model.eval()
-    size = cond.schedule.batch_size or 1
+    size = cond.schedule.batch_size
     if soil.eval_size is not None:  # a fixed test set: all of it, in chunks
         chunk = min(size, 4096, soil.eval_size)
         batches = [soil.eval_batch(i, chunk) for i in range(math.ceil(soil.eval_size / chunk))]
@@ -220,7 +220,7 @@ def grow(
     """
     console = console or Console()
     if (conditions is None) == (resume is None):
-        raise SeedbedError("give either conditions to grow a new run, or --resume RUN, not both")
+        raise SeedbedError("give a conditions file (seedbed grow examples/induction-tiny.toml) or --resume runs/NAME, not both")
 
     if resume is not None:
         run_path = Path(resume)
