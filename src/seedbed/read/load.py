@@ -1,0 +1,103 @@
+"""Load a grown model at any checkpoint, with the soil that grew it.
+
+Reading needs only the run folder: the weights come from `checkpoints/`, the
+architecture from `conditions.toml`, a text tokenizer from `artifacts.json`. A run
+copied to another machine therefore opens there too; only a text soil's corpus may
+be absent, and then `soil` is None while `tokenizer` still encodes and decodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from seedbed import checkpoint
+from seedbed.conditions import Conditions, Text
+from seedbed.errors import SeedbedError
+from seedbed.model import Transformer
+from seedbed.run import Run
+from seedbed.soil import SoilBase, make_soil
+from seedbed.soil.text import Tokenizer
+
+
+@dataclass
+class Grown:
+    """A model at one step of its growth, and what is needed to feed it."""
+
+    model: Transformer
+    conditions: Conditions
+    soil: SoilBase | None
+    tokenizer: Tokenizer | None
+    step: int
+    run: Path
+
+    def decode(self, tokens: list[int] | torch.Tensor) -> str:
+        if self.soil is not None:
+            return self.soil.decode(tokens)
+        assert self.tokenizer is not None
+        return self.tokenizer.decode([int(t) for t in tokens])
+
+
+def checkpoint_steps(run: str | Path) -> list[int]:
+    """The steps that have a recorded checkpoint."""
+    r = Run.open(run, readonly=True)
+    try:
+        return [c.step for c in r.checkpoints()]
+    finally:
+        r.close()
+
+
+def load(run: str | Path, step: int | None = None, device: str | torch.device = "cpu") -> Grown:
+    """The model at `step` (the newest checkpoint by default), in eval mode, with its soil.
+
+    A step without a checkpoint is an error listing the steps that have one; a
+    checkpoint whose bytes do not match its recorded sha256 is refused.
+    """
+    path = Path(run)
+    r = Run.open(path, readonly=True)
+    try:
+        records = r.checkpoints()
+        conditions = r.conditions
+        artifacts = r.artifacts
+    finally:
+        r.close()
+    if not records:
+        raise SeedbedError(f"run '{path}' has no checkpoints yet: grow it first (seedbed grow --resume {path})")
+    if step is None:
+        rec = records[-1]
+    else:
+        rec = next((c for c in records if c.step == step), None)
+        if rec is None:
+            raise SeedbedError(f"run '{path}' has no checkpoint at step {step}: steps with one are {_list(c.step for c in records)}")
+    try:
+        loaded = checkpoint.load(Run(path, readonly=True), rec, with_state=False)
+    except checkpoint.CorruptCheckpoint as why:
+        raise SeedbedError(f"checkpoint at step {rec.step} of '{path}' cannot be read: {why}") from None
+    with torch.device("meta"):
+        model = Transformer(conditions.architecture)
+    model = model.to_empty(device="cpu")
+    checkpoint.load_into(model, loaded.weights)
+    model.eval().to(device)
+    soil, tokenizer = _soil_of(conditions, artifacts)
+    return Grown(model, conditions, soil, tokenizer, rec.step, path)
+
+
+def _soil_of(conditions: Conditions, artifacts: dict) -> tuple[SoilBase | None, Tokenizer | None]:
+    if not isinstance(conditions.soil, Text):
+        return make_soil(conditions), None
+    tokenizer = Tokenizer.from_json(artifacts["tokenizer"]) if "tokenizer" in artifacts else None
+    try:
+        soil = make_soil(conditions)
+    except SeedbedError:  # the corpus is not on this machine: reading still works, with the saved tokenizer
+        return None, tokenizer
+    if soil.artifacts() != artifacts:  # the corpus changed since: trust the tokenizer the model grew with
+        return None, tokenizer
+    return soil, tokenizer
+
+
+def _list(steps) -> str:
+    steps = list(steps)
+    shown = ", ".join(str(s) for s in steps[:12])
+    return shown + (f", … {steps[-1]} ({len(steps)} in all)" if len(steps) > 12 else "")
