@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from seedbed.errors import SeedbedError
+from seedbed.memory import keep_freed_memory
 
 HookFn = Callable[[Tensor, "HookPoint"], Union[Tensor, None]]
 NameFilter = Union[str, Iterable[str], Callable[[str], bool], None]
@@ -99,10 +100,11 @@ def run_with_cache(model: nn.Module, tokens: Tensor, names: NameFilter = None) -
     Only what is asked for is kept; asking for attention scores or patterns makes
     the model take its explicit attention path, and only in the layers asked about.
     """
+    keep_freed_memory()  # a cache holds many activations at once: reuse their memory between calls
     cache: dict[str, Tensor] = {}
 
     def keep(x: Tensor, hook: HookPoint) -> None:
-        cache[hook.name] = x.detach()
+        cache[hook.name] = x  # under no_grad: nothing to detach, so nothing is copied
 
     with torch.no_grad():
         logits = run_with_hooks(model, tokens, [(names, keep)])

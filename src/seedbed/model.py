@@ -35,9 +35,13 @@ class LayerNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.hook_scale.fns:
             return self.hook_normalized(F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps))
-        x = x - x.mean(-1, keepdim=True)
-        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale * self.weight + self.bias)
+        # the fused kernel also returns 1/scale, so exposing the scale costs one reciprocal
+        out, mean, rstd = torch.native_layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        scale = rstd.reciprocal()
+        hooked = self.hook_scale(scale)
+        if hooked is not scale:  # a hook replaced the scale: normalise by it instead
+            out = (x - mean) / hooked * self.weight + self.bias
+        return self.hook_normalized(out)
 
 
 class Attention(nn.Module):
@@ -61,11 +65,11 @@ class Attention(nn.Module):
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         p_drop = self.dropout if self.training else 0.0
         if self.hook_attn_scores.fns or self.hook_pattern.fns:  # explicit path: materialise the pattern
-            scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.d_head)
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
+            scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)).mul_(1 / math.sqrt(self.d_head))
+            future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu_(1)
+            scores = self.hook_attn_scores(scores.masked_fill_(future, float("-inf")))
             pattern = self.hook_pattern(scores.softmax(dim=-1))
-            z = torch.einsum("bhqk,bkhd->bqhd", F.dropout(pattern, p_drop), v)
+            z = torch.matmul(F.dropout(pattern, p_drop), v.transpose(1, 2)).transpose(1, 2)
         else:  # fast path: fused kernel, no T×T tensor kept
             z = F.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p_drop, is_causal=True

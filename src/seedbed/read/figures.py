@@ -1,0 +1,55 @@
+"""Pictures of what was read: attention patterns as heat maps.
+
+matplotlib with the Agg backend (no display needed); PNG for files people open,
+SVG text for pages that must work offline.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from seedbed.files import write_atomic  # noqa: E402
+
+
+def attention_figure(pattern: Tensor, labels: list[str], title: str) -> plt.Figure:
+    """One head's pattern [query, key] with the tokens on both axes (queries down, keys across)."""
+    n = pattern.shape[0]
+    size = min(9.0, 2.0 + 0.16 * n)
+    fig, ax = plt.subplots(figsize=(size + 0.8, size), dpi=110)
+    im = ax.imshow(pattern.float().cpu().numpy(), cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ticks = range(n)
+    fontsize = 7 if n <= 48 else 5
+    ax.set_xticks(ticks, labels, rotation=90, fontsize=fontsize)
+    ax.set_yticks(ticks, labels, fontsize=fontsize)
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query (attending)")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="attention")
+    fig.tight_layout()
+    return fig
+
+
+def save_png(fig: plt.Figure, path: Path) -> Path:
+    """Write the figure as PNG atomically, then free it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+    return path
+
+
+def to_svg(fig: plt.Figure) -> str:
+    """The figure as inline SVG text (fonts as paths, so it renders the same everywhere), then free it."""
+    buf = io.StringIO()
+    with plt.rc_context({"svg.fonttype": "path"}):
+        fig.savefig(buf, format="svg")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
