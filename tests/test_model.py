@@ -118,3 +118,36 @@ def test_unknown_hook_name_lists_nearest():
 def test_too_long_input_is_a_clear_error():
     with pytest.raises(SeedbedError, match="n_ctx is 16"):
         model_for()(tokens(t=17))
+
+
+def test_a_replaced_layernorm_scale_is_used():
+    model = model_for(attn_only=False)
+    x = tokens()
+    _, c = run_with_cache(model, x, "ln_final.hook_scale")
+    doubled = run_with_hooks(model, x, [("ln_final.hook_scale", lambda s, hook: s * 2)])
+    resid = run_with_cache(model, x, "blocks.1.hook_resid_post")[1]["blocks.1.hook_resid_post"]
+    centred = resid - resid.mean(-1, keepdim=True)
+    by_hand = model.unembed(centred / (2 * c["ln_final.hook_scale"]) * model.ln_final.weight + model.ln_final.bias)
+    assert torch.allclose(doubled, by_hand, atol=1e-5)
+
+
+def test_cache_keeps_only_what_is_asked():
+    model = model_for(attn_only=False)
+    x = tokens()
+    _, by_list = run_with_cache(model, x, ["blocks.0.hook_resid_pre", "blocks.1.attn.hook_z"])
+    _, by_predicate = run_with_cache(model, x, lambda n: n.endswith("hook_pattern"))
+    assert set(by_list) == {"blocks.0.hook_resid_pre", "blocks.1.attn.hook_z"}
+    assert set(by_predicate) == {"blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"}
+    _, everything = run_with_cache(model, x)
+    assert set(everything) == set(model.hook_points)
+
+
+def test_hooks_clean_up_when_a_hook_fails_mid_forward():
+    model = model_for()
+
+    def broken(t, hook):
+        raise ValueError("a bad hook")
+
+    with pytest.raises(ValueError):
+        run_with_hooks(model, tokens(), [("blocks.1.attn.hook_z", broken), ("hook_embed", lambda t, hook: t)])
+    assert all(not hp.fns for hp in model.hook_points.values())

@@ -88,9 +88,12 @@ def hooks(model: nn.Module, fwd_hooks: list[tuple[NameFilter, HookFn]]) -> Itera
             point.fns.remove(fn)
 
 
-def run_with_hooks(model: nn.Module, tokens: Tensor, fwd_hooks: list[tuple[NameFilter, HookFn]]) -> Tensor:
-    """One forward pass with hooks attached, then detached."""
-    with hooks(model, fwd_hooks):
+_attached = hooks  # run_with_hooks's argument is called `hooks`, as in TransformerLens
+
+
+def run_with_hooks(model: nn.Module, tokens: Tensor, hooks: list[tuple[NameFilter, HookFn]]) -> Tensor:
+    """One forward pass with `hooks` = [(names, fn), …] attached, then detached."""
+    with _attached(model, hooks):
         return model(tokens)
 
 
