@@ -100,6 +100,67 @@ def _run_row(path: Path) -> list[str]:
         run.close()
 
 
+@app.command()
+def read(
+    run: Path = typer.Argument(..., help="the run folder, e.g. runs/NAME"),
+    step: Optional[int] = typer.Option(None, "--step", help="the checkpoint to read (default: the newest)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="where to write the pictures (default: RUN/read/step-N)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the random sequences the scores are measured on"),
+) -> None:
+    """Score every attention head of RUN, name the ones that stand out, and draw their patterns."""
+    from seedbed.read.load import load
+    from seedbed.read.summary import THRESHOLDS, draw_patterns, pictured_heads, read_heads, standout_lines
+
+    grown = load(run, step)
+    reading = read_heads(grown, seed=seed)
+    names = list(reading.scores)
+    table = Table(box=box.SIMPLE_HEAD, title=f"{grown.run.name} at step {grown.step:,}: head scores", title_justify="left")
+    table.add_column("head", no_wrap=True)
+    for n in names:
+        table.add_column(f"{n.replace('_', '-')} (≥{THRESHOLDS[n]})", justify="right", no_wrap=True)
+    n_layers, n_heads = reading.scores[names[0]].shape
+    for l in range(n_layers):
+        for h in range(n_heads):
+            cells = []
+            for n in names:
+                v = float(reading.scores[n][l, h])
+                cells.append(f"[bold]{v:.2f}[/bold]" if v >= THRESHOLDS[n] else f"{v:.2f}")
+            table.add_row(f"L{l}H{h}", *cells)
+    console.print(table)
+    for line in standout_lines(reading):
+        console.print(f"stand out — {line}", soft_wrap=True, markup=False)
+    if not reading.standouts:
+        console.print("no head passes a threshold: nothing stands out at this step", markup=False)
+    for c in reading.compositions:
+        console.print(f"strongest {c}", soft_wrap=True, markup=False)
+    folder = out or grown.run / "read" / f"step-{grown.step:06d}"
+    paths = draw_patterns(grown, pictured_heads(reading), folder, seed=seed)
+    console.print(f"attention patterns: {', '.join(str(p) for p in paths)}", soft_wrap=True, markup=False)
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="the run folder, e.g. runs/NAME"),
+    outdir: Path = typer.Argument(..., help="folder to write: new, empty, or an earlier seedbed export (replaced)"),
+    to: str = typer.Option("hf", "--to", help="hf: a Hugging Face GPT-2 folder; transformer-lens: the same folder, which TransformerLens 4 loads"),
+    step: Optional[int] = typer.Option(None, "--step", help="the checkpoint to export (default: the newest)"),
+) -> None:
+    """Export RUN to OUTDIR for Hugging Face transformers and TransformerLens (docs/export.md)."""
+    import json
+
+    from seedbed.export import MARKER
+    from seedbed.export import export as export_run
+
+    out = export_run(run, outdir, to=to, step=step)
+    done = json.loads((out / MARKER).read_text(encoding="utf-8"))
+    console.print(f"exported {run} at step {done['step']:,} → {out}", soft_wrap=True, markup=False)
+    if to == "transformer-lens":
+        load = f"TransformerBridge.boot_transformers({str(out)!r}, device='cpu')"
+    else:
+        load = f"AutoModelForCausalLM.from_pretrained({str(out)!r})"
+    console.print(f"load it with {load} (see docs/export.md)", soft_wrap=True, markup=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     try:

@@ -60,6 +60,7 @@ class SoilBase:
     seq_len: int  # input positions per sequence (the model's n_ctx must be at least this)
     finite_train: int | None = None  # number of training examples, for soils with a fixed train set
     eval_size: int | None = None  # number of held-out examples, for soils with a fixed test set
+    bos: int | None = None  # the token every sequence starts with, if the soil has one
 
     def train_batch(self, cursor: int, batch_size: int) -> Batch:
         raise NotImplementedError

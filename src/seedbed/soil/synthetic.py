@@ -22,6 +22,7 @@ class RepeatedBlocksSoil(SoilBase):
     """
 
     name = "repeated-blocks"
+    bos = BOS
 
     def __init__(self, s: RepeatedBlocks, seed: int, n_ctx: int) -> None:
         if 2 * s.block_max > n_ctx:
