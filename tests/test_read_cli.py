@@ -1,0 +1,51 @@
+"""`seedbed read RUN`: the head table, the standouts, and attention pictures, end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import cli, tiny
+from seedbed.grow import grow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("read")
+    grow(tiny(), runs_dir=runs, name="t", progress=False)
+    return runs / "t"
+
+
+def test_read_prints_every_head_and_draws_patterns(run: Path, tmp_path: Path) -> None:
+    r = cli("read", str(run), "--out", str(tmp_path / "pics"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for head in ("L0H0", "L0H1", "L1H0", "L1H1"):
+        assert head in r.stdout
+    for score in ("previous-token", "induction", "duplicate-token", "copying"):
+        assert score in r.stdout
+    pngs = sorted((tmp_path / "pics").glob("L*H*.png"))
+    assert pngs, r.stdout
+    for p in pngs:
+        data = p.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+        assert str(p) in r.stdout
+
+
+def test_read_defaults_to_a_folder_inside_the_run(run: Path, tmp_path: Path) -> None:
+    r = cli("read", str(run), "--step", "0", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "at step 0" in r.stdout
+    assert list((run / "read" / "step-000000").glob("*.png"))
+
+
+def test_read_at_a_step_without_checkpoint_lists_the_steps(run: Path, tmp_path: Path) -> None:
+    r = cli("read", str(run), "--step", "7", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "no checkpoint at step 7" in r.stderr and "10, 20" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_read_of_something_that_is_not_a_run(tmp_path: Path) -> None:
+    r = cli("read", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 2 and "not a run folder" in r.stderr and r.stderr.count("\n") == 1
