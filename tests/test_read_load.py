@@ -70,6 +70,15 @@ def test_text_run_reads_without_its_corpus(tmp_path: Path) -> None:
     assert g.decode(g.tokenizer.encode("lazy fox")) == "lazy fox"
 
 
+def test_tied_embeddings_stay_tied(tmp_path: Path) -> None:
+    grow(tiny(architecture={"tied_embeddings": True}, schedule={"steps": 4}), runs_dir=tmp_path, name="tied", progress=False)
+    g = load(tmp_path / "tied")
+    assert g.model.unembed.weight is g.model.embed.weight
+    run = Run.open(tmp_path / "tied", readonly=True)
+    saved = checkpoint.load(run, run.checkpoints()[-1], with_state=False).weights
+    assert torch.equal(g.model.embed.weight, saved["embed.weight"])
+
+
 def test_corrupt_checkpoint_is_refused_in_one_line(grown: Path, tmp_path: Path) -> None:
     copy = tmp_path / "bad"
     shutil.copytree(grown, copy)

@@ -27,12 +27,10 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 import seedbed
-from seedbed import checkpoint
 from seedbed.conditions import Architecture, Conditions, DigitAddition, ModularArithmetic, RepeatedBlocks, Text
 from seedbed.errors import SeedbedError
 from seedbed.model import Transformer
-from seedbed.read.load import Grown, _soil_of, load
-from seedbed.run import Run
+from seedbed.read.load import Grown, load
 from seedbed.soil.text import Tokenizer
 
 FORMATS = ("hf", "transformer-lens")  # transformer-lens: the same folder; TransformerLens 4 loads Hugging Face folders
@@ -58,7 +56,7 @@ def to_hf(grown_or_run: Grown | str | Path, outdir: str | Path, step: int | None
     """
     out = Path(outdir)
     _check_outdir(out)
-    grown = grown_or_run if isinstance(grown_or_run, Grown) else _load(grown_or_run, step)
+    grown = grown_or_run if isinstance(grown_or_run, Grown) else load(grown_or_run, step=step)
     arch = grown.conditions.architecture
     check_expressible(arch)
     files = {
@@ -79,32 +77,6 @@ def to_hf(grown_or_run: Grown | str | Path, outdir: str | Path, step: int | None
     )
     _write_folder(out, files)
     return out
-
-
-def _load(run: str | Path, step: int | None) -> Grown:
-    """`seedbed.read.load`, which cannot yet load a run with tied embeddings.
-
-    (It builds the model on the meta device; `Module.to_empty` then unties embed and
-    unembed, and `checkpoint.load_into` finds no twin for `unembed.weight`.) For such
-    a run the model is built on the CPU instead. Every error `load` raises about the
-    run, step or checkpoint is raised before that point, so only the tie falls through.
-    """
-    path = Path(run)
-    try:
-        return load(path, step=step)
-    except StopIteration:  # load_into looking for unembed.weight's twin
-        pass
-    r = Run.open(path, readonly=True)
-    try:
-        records, conditions, artifacts = r.checkpoints(), r.conditions, r.artifacts
-    finally:
-        r.close()
-    rec = next(c for c in reversed(records) if step is None or c.step == step)
-    weights = checkpoint.load(Run(path, readonly=True), rec, with_state=False).weights
-    model = Transformer(conditions.architecture)
-    checkpoint.load_into(model, weights)
-    soil, tokenizer = _soil_of(conditions, artifacts)
-    return Grown(model.eval(), conditions, soil, tokenizer, rec.step, path)
 
 
 # ── what GPT-2 can express ───────────────────────────────────────────────────

@@ -19,7 +19,7 @@ from seedbed.errors import SeedbedError
 from seedbed.model import Transformer
 from seedbed.run import Run
 from seedbed.soil import SoilBase, make_soil
-from seedbed.soil.text import Tokenizer
+from seedbed.soil.text import SHAKESPEARE_CACHE, Tokenizer, default_cache_dir
 
 
 @dataclass
@@ -78,6 +78,8 @@ def load(run: str | Path, step: int | None = None, device: str | torch.device = 
     with torch.device("meta"):
         model = Transformer(conditions.architecture)
     model = model.to_empty(device="cpu")
+    if conditions.architecture.tied_embeddings:  # to_empty gives each parameter its own memory: tie again
+        model.unembed.weight = model.embed.weight
     checkpoint.load_into(model, loaded.weights)
     model.eval().to(device)
     soil, tokenizer = _soil_of(conditions, artifacts)
@@ -88,6 +90,8 @@ def _soil_of(conditions: Conditions, artifacts: dict) -> tuple[SoilBase | None, 
     if not isinstance(conditions.soil, Text):
         return make_soil(conditions), None
     tokenizer = Tokenizer.from_json(artifacts["tokenizer"]) if "tokenizer" in artifacts else None
+    if conditions.soil.corpus == "shakespeare" and not (default_cache_dir() / SHAKESPEARE_CACHE).is_file():
+        return None, tokenizer  # reading never downloads: the saved tokenizer is enough
     try:
         soil = make_soil(conditions)
     except SeedbedError:  # the corpus is not on this machine: reading still works, with the saved tokenizer
