@@ -218,6 +218,30 @@ def test_a_metric_reading_some_positions(shape, read):
         activation_patching(model, clean, corrupted, metric, metric_positions=[10])
 
 
+def test_the_positions_a_metric_reads_are_found_by_asking_it():
+    from seedbed.read.patching import _positions_read
+
+    logits = torch.randn(2, 10, VOCAB)
+    assert _positions_read(logprob_metric, logits).tolist() == [6, 7, 8, 9]
+    assert _positions_read(logit_diff, logits).tolist() == [9]
+    assert _positions_read(lambda x: x.mean(), logits) is None  # reads everything
+    accuracy = lambda x: (x[:, -1].argmax(-1) == 3).float().mean()  # noqa: E731 - no gradient: not narrowed
+    assert _positions_read(accuracy, logits) is None
+    # the gradient is zero at position 2 (relu below zero) but the metric does read it: the NaN check catches it
+    sneaky = lambda x: x[:, -1, 3].mean() + torch.relu(x[:, 2, 0] - 1e9).mean()  # noqa: E731
+    assert _positions_read(sneaky, logits) is None
+
+
+@pytest.mark.parametrize("metric", [logprob_metric, logit_diff, lambda x: (x[:, 5:7].argmax(-1) == 3).float().mean()])
+def test_narrowed_sweeps_equal_one_patch_per_forward(metric):
+    model = model_of()
+    clean, corrupted = pair()
+    for site in ("z", "resid_pre", "mlp_out"):
+        fast = activation_patching(model, clean, corrupted, metric, site)
+        slow = activation_patching(model, clean, corrupted, metric, site, batched=False)
+        assert torch.allclose(fast, slow, atol=1e-5, rtol=0), (site, (fast - slow).abs().max())
+
+
 def test_result_shapes_and_axes():
     model = model_of()
     clean, corrupted = pair(pos=10)

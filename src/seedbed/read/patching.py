@@ -12,7 +12,10 @@ metric values; to normalise, compare with `metric(model(corrupted))` (nothing pa
 and `metric(model(clean))`. If the metric reads only some positions, say so with
 `metric_positions=[...]`: it then gets the logits of those positions alone,
 [batch, len(metric_positions), d_vocab], and the batched path computes only what they
-depend on, which for a last-position metric is most of the saving.
+depend on, which for a last-position metric is most of the saving. Without it, the
+batched path finds those positions itself: the ones where the metric's gradient is
+nonzero, confirmed by setting every other position's logits to NaN and getting the
+same number (`_positions_read`); the metric still receives full-length logits.
 
 Sites and the shape of the result (layer, head and pos axes in that order):
 
@@ -110,7 +113,7 @@ def activation_patching(
     clean_cache = _cache_only(model, clean, [hook_name(site, l) for l in range(cfg.n_layers)])
     hooked = any(p.fns for p in model.hook_points.values())  # type: ignore[attr-defined]
     if batched and not hooked:
-        values = _batched(model, corrupted, clean_cache, metric, site, patches, read, max_mib)
+        values = _batched(model, corrupted, clean_cache, metric, site, patches, read, max_mib, metric_positions is None)
     else:
         values = [_one_patch(model, corrupted, clean_cache, metric, site, p, read) for p in patches]
     return torch.stack(values).reshape(shape)
@@ -153,6 +156,7 @@ def _batched(
     patches: list[_Patch],
     read: Tensor,
     max_mib: float,
+    find_reads: bool = False,
 ) -> list[Tensor]:
     cfg = model.cfg  # type: ignore[attr-defined]
     n_layers, N = cfg.n_layers, corrupted.shape[0]
@@ -160,6 +164,9 @@ def _batched(
     names += [hook_name(site, l) for l in range(n_layers) if site == "z"]
     names += [f"blocks.{l}.hook_resid_mid" for l in range(n_layers) if site == "mlp_out"]
     corrupt_logits, corrupt = run_with_cache(model, corrupted, names)
+    found = _positions_read(metric, corrupt_logits) if find_reads else None
+    if found is not None:  # compute only what the metric reads; it still gets logits of every position
+        read, metric = found, _embedded(metric, corrupt_logits, found)
     base = corrupt_logits[:, read]
     unpatched = _scalar(metric(base.clone())).clone()
 
@@ -176,6 +183,48 @@ def _batched(
             for patch, logits in zip(chunk, _run_chunk(model, site, chunk, clean_cache, corrupt, base, read)):
                 values[patch] = _scalar(metric(logits)).clone()  # not a view of the reused buffer
     return [values[p] for p in patches]
+
+
+def _positions_read(metric: Metric, logits: Tensor) -> Tensor | None:
+    """The positions whose logits `metric` depends on, found by asking it; None if it may read them all.
+
+    Candidates are the positions where the metric's gradient is nonzero. They are
+    then checked: with every other position's logits set to NaN the metric must give
+    exactly the same number (NaN spreads through any arithmetic that touches it). A
+    metric that is not differentiable, or that fails the check, reads everything.
+    """
+    x = logits.detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            m = _scalar(metric(x))
+            if not m.requires_grad:
+                return None
+            (grad,) = torch.autograd.grad(m, x, allow_unused=True)
+        if grad is None:
+            return None
+        read = grad.ne(0).flatten(2).any(-1).any(0).nonzero().flatten()
+        if len(read) in (0, logits.shape[1]):
+            return None
+        probe = logits.detach().clone()
+        others = torch.ones(logits.shape[1], dtype=torch.bool, device=logits.device)
+        others[read] = False
+        probe[:, others] = float("nan")
+        with torch.no_grad():
+            same = torch.equal(_scalar(metric(probe)), _scalar(metric(logits.detach().clone())))
+    except Exception:  # noqa: BLE001 - a metric that cannot take these inputs is simply not narrowed
+        return None
+    return read if same else None
+
+
+def _embedded(metric: Metric, logits: Tensor, read: Tensor) -> Metric:
+    """`metric` fed full-length logits: the read positions' patched values over the corrupted run's."""
+    full = logits.detach().clone()
+
+    def on_read_positions(part: Tensor) -> Tensor:
+        full[:, read] = part
+        return metric(full)
+
+    return on_read_positions
 
 
 def _resume_layer(site: str, layer: int) -> int:
