@@ -11,6 +11,8 @@ explicitly; both paths agree to float tolerance (tests/test_model.py).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -193,3 +195,20 @@ class Transformer(nn.Module):
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+# ── for code that reads a model ──────────────────────────────────────────────
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's weights are, so inputs can be moved there."""
+    return next(model.parameters()).device
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for the duration (no dropout), then the mode it had before."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

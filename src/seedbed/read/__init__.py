@@ -39,6 +39,6 @@ __all__ = [
     "ablate", "ablated", "ablation_hooks", "activation_patching", "apply_ln_to_stack", "attribution_cache",
     "attribution_patching", "auroc", "checkpoint_steps", "component_logits", "composition_baseline",
     "composition_scores", "copying_scores", "decompose_resid", "duplicate_token_scores", "hooks",
-    "induction_scores", "load", "logit_attribution", "logit_lens", "pattern_scores", "previous_token_scores",
+    "induction_scores", "load", "logit_attribution", "loss_after_ablation", "logit_lens", "pattern_scores", "previous_token_scores",
     "probe_acts", "probe_hook", "random_tokens", "repeated_tokens", "run_with_cache", "run_with_hooks", "train_probe",
 ]

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from seedbed.errors import SeedbedError
 from seedbed.hooks import HookFn, HookPoint, hooks, run_with_cache
+from seedbed.model import device_of
 
 Method = Literal["zero", "mean", "resample"]
 METHODS = ("zero", "mean", "resample")
@@ -123,7 +124,7 @@ def ablation_hooks(
     if method != "zero":
         if reference is None:
             raise SeedbedError(f"'{method}' ablation needs a reference batch of tokens (reference=...)")
-        _, ref_acts = run_with_cache(model, reference.to(_device(model)), list(by_name))
+        _, ref_acts = run_with_cache(model, reference.to(device_of(model)), list(by_name))
         if method == "mean":
             ref_acts = {k: v.mean(0, keepdim=True) for k, v in ref_acts.items()}  # [1, pos, ...]
 
@@ -186,7 +187,7 @@ def ablate(
 
     For "resample" the reference defaults to `tokens` itself (each row takes another row's activation).
     """
-    tokens = tokens.to(_device(model))
+    tokens = tokens.to(device_of(model))
     if method == "resample" and reference is None:
         reference = tokens
     with torch.no_grad(), ablated(model, targets, method, reference, seed):

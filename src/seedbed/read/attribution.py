@@ -24,9 +24,8 @@ gives it; the helpers that run the model put it there for the call.
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Union
+from typing import Literal, Union
 
 import torch
 import torch.nn.functional as F
@@ -34,27 +33,12 @@ from torch import Tensor
 
 from seedbed.errors import SeedbedError
 from seedbed.hooks import run_with_cache
-from seedbed.model import Transformer
+from seedbed.model import Transformer, device_of, evaluating
 
 Pos = Union[int, slice, None]  # one position (its axis dropped), a slice, or all positions
 By = Literal["head", "layer"]
 
 _HEAD = re.compile(r"L(\d+)H(\d+)")
-
-
-@contextmanager
-def evaluating(model: Transformer) -> Iterator[Transformer]:
-    """Eval mode for the duration (no dropout), then the mode it had before."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-def device_of(model: Transformer) -> torch.device:
-    return next(model.parameters()).device
 
 
 # ── the components ───────────────────────────────────────────────────────────

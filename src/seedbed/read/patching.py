@@ -66,6 +66,7 @@ from torch import Tensor, nn
 
 from seedbed.errors import SeedbedError
 from seedbed.hooks import HookPoint, run_with_cache, run_with_hooks
+from seedbed.model import device_of
 
 Site = Literal["resid_pre", "attn_out", "mlp_out", "resid_post", "z"]
 SITES: tuple[str, ...] = ("resid_pre", "attn_out", "mlp_out", "resid_post", "z")
@@ -493,7 +494,7 @@ def _inputs(model: nn.Module, clean: Tensor, corrupted: Tensor) -> tuple[Tensor,
         raise SeedbedError(f"tokens are {list(clean.shape)}: patching needs [batch, pos] (add a batch axis with tokens[None])")
     if model.training and model.cfg.dropout:  # type: ignore[attr-defined]
         raise SeedbedError("the model is in training mode with dropout, so patching would be random: call model.eval() first")
-    dev = next(model.parameters()).device
+    dev = device_of(model)
     return clean.to(dev), corrupted.to(dev)
 
 

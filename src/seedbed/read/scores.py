@@ -20,8 +20,7 @@ from torch import Tensor, nn
 
 from seedbed.errors import SeedbedError
 from seedbed.hooks import run_with_cache
-from seedbed.model import Transformer
-from seedbed.read.attribution import device_of, evaluating
+from seedbed.model import Transformer, device_of, evaluating
 
 Kind = Literal["q", "k", "v"]
 
