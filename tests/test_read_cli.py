@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli, tiny
+from conftest import cli, tiny, tiny_dict
+from seedbed.conditions import parse
 from seedbed.grow import grow
 
 
@@ -49,3 +50,12 @@ def test_read_at_a_step_without_checkpoint_lists_the_steps(run: Path, tmp_path: 
 def test_read_of_something_that_is_not_a_run(tmp_path: Path) -> None:
     r = cli("read", str(tmp_path), cwd=tmp_path)
     assert r.returncode == 2 and "not a run folder" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_read_on_a_context_too_short_for_the_scores(tmp_path: Path) -> None:
+    short = tiny_dict(schedule={"steps": 2}, architecture={"n_ctx": 2})
+    short["soil"] = {"kind": "repeated-blocks", "vocab_size": 8, "block_min": 1, "block_max": 1, "prefix_max": 0}
+    grow(parse(short), runs_dir=tmp_path, name="short", progress=False)
+    r = cli("read", str(tmp_path / "short"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "not measurable: n_ctx=2" in r.stdout and "copying" in r.stdout

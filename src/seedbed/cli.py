@@ -124,9 +124,11 @@ def read(
             cells = []
             for n in names:
                 v = float(reading.scores[n][l, h])
-                cells.append(f"[bold]{v:.2f}[/bold]" if v >= THRESHOLDS[n] else f"{v:.2f}")
+                cells.append("–" if v != v else f"[bold]{v:.2f}[/bold]" if v >= THRESHOLDS[n] else f"{v:.2f}")
             table.add_row(f"L{l}H{h}", *cells)
     console.print(table)
+    if any(bool(t.isnan().any()) for t in reading.scores.values()):
+        console.print(f"– : not measurable: n_ctx={grown.model.cfg.n_ctx} is too short for the repeated sequences", markup=False)
     for line in standout_lines(reading):
         console.print(f"stand out — {line}", soft_wrap=True, markup=False)
     if not reading.standouts:
@@ -135,7 +137,7 @@ def read(
         console.print(f"strongest {c}", soft_wrap=True, markup=False)
     folder = out or grown.run / "read" / f"step-{grown.step:06d}"
     paths = draw_patterns(grown, pictured_heads(reading), folder, seed=seed)
-    console.print(f"attention patterns: {', '.join(str(p) for p in paths)}", soft_wrap=True, markup=False)
+    console.print(f"attention patterns: {', '.join(str(p) for p in paths) or 'none (no head could be scored)'}", soft_wrap=True, markup=False)
 
 
 @app.command()

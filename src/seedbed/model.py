@@ -183,6 +183,8 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         T = tokens.shape[1]
+        if T == 0:
+            raise SeedbedError("input has no tokens: give at least one per sequence")
         if T > self.cfg.n_ctx:
             raise SeedbedError(f"input has {T} tokens but the model's n_ctx is {self.cfg.n_ctx}: shorten the input")
         pos = torch.arange(T, device=tokens.device)

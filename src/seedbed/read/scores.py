@@ -90,7 +90,13 @@ def _stripe(pattern: Tensor, back: int, first_query: int) -> Tensor:
 def _previous(pattern: Tensor, bos: int | None) -> Tensor:
     # With BOS, position 1's previous token is BOS, where heads rest when they have nothing
     # to do; counting it would credit resting as previous-token attention, so start at 2.
-    return _stripe(pattern, 1, 2 if bos is not None else 1)
+    first = 2 if bos is not None else 1
+    if pattern.shape[-1] <= first:
+        raise SeedbedError(
+            f"the previous-token score needs sequences of at least {first + 1} tokens{' (after BOS, 2 more)' if bos is not None else ''}, "
+            f"but these have {pattern.shape[-1]}: give longer tokens (the model's n_ctx is the limit)"
+        )
+    return _stripe(pattern, 1, first)
 
 
 def _repeat_length(tokens: Tensor, bos: int | None) -> int:

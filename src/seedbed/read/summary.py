@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
 
+from seedbed.errors import SeedbedError
 from seedbed.hooks import run_with_cache
 from seedbed.read.figures import attention_figure, save_png
 from seedbed.read.load import Grown
@@ -74,10 +76,11 @@ def read_heads(grown: Grown, seed: int = 0) -> HeadReading:
     they never touch the training data and any checkpoint can be compared with any other.
     """
     model, bos = grown.model, _bos(grown)
+    shape = (model.cfg.n_layers, model.cfg.n_heads)
     scores = {
-        "previous_token": previous_token_scores(model, seed=seed, bos=bos),
-        "induction": induction_scores(model, seed=seed, bos=bos),
-        "duplicate_token": duplicate_token_scores(model, seed=seed, bos=bos),
+        "previous_token": _or_nan(lambda: previous_token_scores(model, seed=seed, bos=bos), shape),
+        "induction": _or_nan(lambda: induction_scores(model, seed=seed, bos=bos), shape),
+        "duplicate_token": _or_nan(lambda: duplicate_token_scores(model, seed=seed, bos=bos), shape),
         "copying": copying_scores(model),
     }
     standouts = [
@@ -125,6 +128,8 @@ def pictured_heads(reading: HeadReading, limit: int = 6) -> list[tuple[int, int,
     if not chosen:
         for name in ("induction", "previous_token", "duplicate_token"):
             t = reading.scores[name]
+            if t.isnan().all():
+                continue
             l, h = divmod(int(t.argmax()), t.shape[1])
             chosen.setdefault((l, h), f"L{l}H{h} {name.replace('_', '-')} {float(t[l, h]):.2f} (best, below threshold)")
     return [(l, h, title) for (l, h), title in list(chosen.items())[:limit]]
@@ -143,6 +148,14 @@ def draw_patterns(grown: Grown, heads: list[tuple[int, int, str]], out: Path, se
         fig = attention_figure(pattern, labels, f"{title} — step {grown.step}")
         paths.append(save_png(fig, out / f"L{l}H{h}.png"))
     return paths
+
+
+def _or_nan(score: Callable[[], Tensor], shape: tuple[int, int]) -> Tensor:
+    """A score, or NaN for every head when the model's context is too short to measure it."""
+    try:
+        return score()
+    except SeedbedError:
+        return torch.full(shape, float("nan"))
 
 
 def _bos(grown: Grown) -> int | None:
