@@ -67,9 +67,12 @@ class Attention(nn.Module):
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         p_drop = self.dropout if self.training else 0.0
         if self.hook_attn_scores.fns or self.hook_pattern.fns:  # explicit path: materialise the pattern
-            scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)).mul_(1 / math.sqrt(self.d_head))
-            future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu_(1)
-            scores = self.hook_attn_scores(scores.masked_fill_(future, float("-inf")))
+            future = torch.full((T, T), float("-inf"), dtype=q.dtype, device=x.device).triu_(1)
+            H, d = self.n_heads, self.d_head  # one fused op: future + (q @ kᵀ) / sqrt(d_head)
+            scores = torch.baddbmm(
+                future, q.transpose(1, 2).reshape(B * H, T, d), k.permute(0, 2, 3, 1).reshape(B * H, d, T), alpha=1 / math.sqrt(d)
+            ).view(B, H, T, T)
+            scores = self.hook_attn_scores(scores)
             pattern = self.hook_pattern(scores.softmax(dim=-1))
             z = torch.matmul(F.dropout(pattern, p_drop), v.transpose(1, 2)).transpose(1, 2)
         else:  # fast path: fused kernel, no T×T tensor kept
