@@ -21,6 +21,7 @@ def run(tmp_path_factory) -> Path:
 def test_read_prints_every_head_and_draws_patterns(run: Path, tmp_path: Path) -> None:
     r = cli("read", str(run), "--out", str(tmp_path / "pics"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert "held-out loss at step 40:" in r.stdout
     for head in ("L0H0", "L0H1", "L1H0", "L1H1"):
         assert head in r.stdout
     for score in ("previous-token", "induction", "duplicate-token", "copying"):
@@ -36,7 +37,7 @@ def test_read_prints_every_head_and_draws_patterns(run: Path, tmp_path: Path) ->
 def test_read_defaults_to_a_folder_inside_the_run(run: Path, tmp_path: Path) -> None:
     r = cli("read", str(run), "--step", "0", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "at step 0" in r.stdout
+    assert "at step 0" in r.stdout and "no held-out loss logged by step 0" in r.stdout
     assert list((run / "read" / "step-000000").glob("*.png"))
 
 

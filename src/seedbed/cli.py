@@ -127,6 +127,7 @@ def read(
                 cells.append("–" if v != v else f"[bold]{v:.2f}[/bold]" if v >= THRESHOLDS[n] else f"{v:.2f}")
             table.add_row(f"L{l}H{h}", *cells)
     console.print(table)
+    console.print(_held_out_loss(grown.run, grown.step), markup=False)
     if any(bool(t.isnan().any()) for t in reading.scores.values()):
         console.print(f"– : not measurable: n_ctx={grown.model.cfg.n_ctx} is too short for the repeated sequences", markup=False)
     for line in standout_lines(reading):
@@ -138,6 +139,21 @@ def read(
     folder = out or grown.run / "read" / f"step-{grown.step:06d}"
     paths = draw_patterns(grown, pictured_heads(reading), folder, seed=seed)
     console.print(f"attention patterns: {', '.join(str(p) for p in paths) or 'none (no head could be scored)'}", soft_wrap=True, markup=False)
+
+
+def _held_out_loss(run: Path, step: int) -> str:
+    """The held-out loss logged at `step` (or the nearest evaluation before it), for context."""
+    from seedbed.run import Run
+
+    r = Run.open(run, readonly=True)
+    try:
+        logged = [(s, v) for s, v in r.metric("eval/loss") if s <= step]
+    finally:
+        r.close()
+    if not logged:
+        return f"no held-out loss logged by step {step:,}"
+    at, value = logged[-1]
+    return f"held-out loss at step {at:,}: {value:.4f}"
 
 
 @app.command()
