@@ -212,7 +212,3 @@ def loss_after_ablation(
         return metric(logits)
     tokens = tokens.to(logits.device)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device

@@ -1,7 +1,6 @@
 """Pictures of what was read: attention patterns as heat maps.
 
-matplotlib with the Agg backend (no display needed); PNG for files people open,
-SVG text for pages that must work offline.
+matplotlib with the Agg backend, so no display is needed.
 """
 
 from __future__ import annotations
@@ -43,13 +42,3 @@ def save_png(fig: plt.Figure, path: Path) -> Path:
     plt.close(fig)
     write_atomic(path, buf.getvalue())
     return path
-
-
-def to_svg(fig: plt.Figure) -> str:
-    """The figure as inline SVG text (fonts as paths, so it renders the same everywhere), then free it."""
-    buf = io.StringIO()
-    with plt.rc_context({"svg.fonttype": "path"}):
-        fig.savefig(buf, format="svg")
-    plt.close(fig)
-    text = buf.getvalue()
-    return text[text.index("<svg") :]
