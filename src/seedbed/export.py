@@ -29,6 +29,7 @@ from torch import Tensor
 import seedbed
 from seedbed.conditions import Architecture, Conditions, DigitAddition, ModularArithmetic, RepeatedBlocks, Text
 from seedbed.errors import SeedbedError
+from seedbed.files import fsync_dir
 from seedbed.model import Transformer
 from seedbed.read.load import Grown, load
 from seedbed.soil.text import Tokenizer
@@ -350,7 +351,7 @@ def _write_folder(out: Path, files: dict[str, bytes]) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         old = None
         if out.exists():
             old = _sibling(out, "old")
@@ -364,7 +365,7 @@ def _write_folder(out: Path, files: dict[str, bytes]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -378,11 +379,3 @@ def _sibling(out: Path, suffix: str) -> Path:
             return path
         except FileExistsError:  # pragma: no cover - 32 random bits
             continue
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
