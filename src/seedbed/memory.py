@@ -12,22 +12,20 @@ instead. It changes nothing but speed; on systems without glibc it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_TRIM_THRESHOLD = -1  # from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
-_done = False
+_tuned: bool | None = None  # None: not tried yet in this process
 
 
 def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -> bool:
     """Ask glibc (once per process) to reuse freed blocks rather than return them; True if it could."""
-    global _done
-    if _done:
-        return True
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
-    except (OSError, AttributeError, TypeError):  # not glibc (macOS, Windows, musl): nothing to tune
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _done = bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
-    return _done
+    global _tuned
+    if _tuned is None:
+        try:
+            mallopt = ctypes.CDLL(None).mallopt  # the C library already linked into this process
+            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+            _tuned = bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+        except (OSError, AttributeError, TypeError):  # not glibc (macOS, Windows, musl): nothing to tune
+            _tuned = False
+    return _tuned
