@@ -58,23 +58,18 @@ def load(run: str | Path, step: int | None = None, device: str | torch.device = 
     path = Path(run)
     r = Run.open(path, readonly=True)
     try:
-        records = r.checkpoints()
-        conditions = r.conditions
-        artifacts = r.artifacts
-    finally:
-        r.close()
-    if not records:
-        raise SeedbedError(f"run '{path}' has no checkpoints yet: grow it first (seedbed grow --resume {path})")
-    if step is None:
-        rec = records[-1]
-    else:
-        rec = next((c for c in records if c.step == step), None)
+        records, conditions, artifacts = r.checkpoints(), r.conditions, r.artifacts
+        if not records:
+            raise SeedbedError(f"run '{path}' has no checkpoints yet: grow it first (seedbed grow --resume {path})")
+        rec = records[-1] if step is None else next((c for c in records if c.step == step), None)
         if rec is None:
             raise SeedbedError(f"run '{path}' has no checkpoint at step {step}: steps with one are {_list(c.step for c in records)}")
-    try:
-        loaded = checkpoint.load(Run(path, readonly=True), rec, with_state=False)
-    except checkpoint.CorruptCheckpoint as why:
-        raise SeedbedError(f"checkpoint at step {rec.step} of '{path}' cannot be read: {why}") from None
+        try:
+            loaded = checkpoint.load(r, rec, with_state=False)
+        except checkpoint.CorruptCheckpoint as why:
+            raise SeedbedError(f"checkpoint at step {rec.step} of '{path}' cannot be read: {why}") from None
+    finally:
+        r.close()
     with torch.device("meta"):
         model = Transformer(conditions.architecture)
     model = model.to_empty(device="cpu")
