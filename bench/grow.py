@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from common import load, say  # bench/ is on sys.path when a script here runs
 from seedbed.conditions import parse
 from seedbed.grow import grow, make_optimizer
 from seedbed.model import Transformer
@@ -348,15 +349,6 @@ def fast_step(times: list[float]) -> float:
 
 
 # ── reporting ────────────────────────────────────────────────────────────────
-def load() -> str:
-    a, b, c = os.getloadavg()
-    return f"{a:.2f} {b:.2f} {c:.2f}"
-
-
-def say(*a) -> None:
-    print(*a, flush=True)
-
-
 LABELS = {
     "reference": "reference (nanoGPT-style)",
     "seedbed_bare": "seedbed model, bare loop",

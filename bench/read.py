@@ -46,6 +46,7 @@ from typing import Callable
 
 import torch
 
+from common import load, say  # bench/ is on sys.path when a script here runs
 from seedbed.conditions import Architecture
 from seedbed.hooks import run_with_cache
 from seedbed.model import Transformer
@@ -125,15 +126,6 @@ def median(ts: list[float]) -> float:
 
 def ms(t: float) -> str:
     return f"{t * 1e3:,.2f} ms"
-
-
-def load() -> str:
-    a, b, c = os.getloadavg()
-    return f"{a:.2f} {b:.2f} {c:.2f}"
-
-
-def say(*a) -> None:
-    print(*a, flush=True)
 
 
 # ── (i) cache everything ─────────────────────────────────────────────────────
