@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -24,8 +23,7 @@ from seedbed.read.scores import (
     composition_baseline,
     composition_scores,
     copying_scores,
-    duplicate_token_scores,
-    induction_scores,
+    pattern_scores,
     previous_token_scores,
     repeated_tokens,
 )
@@ -76,11 +74,19 @@ def read_heads(grown: Grown, seed: int = 0) -> HeadReading:
     they never touch the training data and any checkpoint can be compared with any other.
     """
     model, bos = grown.model, _bos(grown)
-    shape = (model.cfg.n_layers, model.cfg.n_heads)
+    nan = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))  # a context too short to measure in
+    try:
+        previous = previous_token_scores(model, seed=seed, bos=bos)
+    except SeedbedError:
+        previous = nan
+    try:
+        on_repeats = pattern_scores(model, seed=seed, bos=bos)  # induction and duplicate-token from one forward
+    except SeedbedError:
+        on_repeats = {"induction": nan, "duplicate_token": nan}
     scores = {
-        "previous_token": _or_nan(lambda: previous_token_scores(model, seed=seed, bos=bos), shape),
-        "induction": _or_nan(lambda: induction_scores(model, seed=seed, bos=bos), shape),
-        "duplicate_token": _or_nan(lambda: duplicate_token_scores(model, seed=seed, bos=bos), shape),
+        "previous_token": previous,
+        "induction": on_repeats["induction"],
+        "duplicate_token": on_repeats["duplicate_token"],
         "copying": copying_scores(model),
     }
     standouts = [
@@ -148,14 +154,6 @@ def draw_patterns(grown: Grown, heads: list[tuple[int, int, str]], out: Path, se
         fig = attention_figure(pattern, labels, f"{title} — step {grown.step}")
         paths.append(save_png(fig, out / f"L{l}H{h}.png"))
     return paths
-
-
-def _or_nan(score: Callable[[], Tensor], shape: tuple[int, int]) -> Tensor:
-    """A score, or NaN for every head when the model's context is too short to measure it."""
-    try:
-        return score()
-    except SeedbedError:
-        return torch.full(shape, float("nan"))
 
 
 def _bos(grown: Grown) -> int | None:
