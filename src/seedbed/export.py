@@ -32,6 +32,7 @@ from seedbed.errors import SeedbedError
 from seedbed.files import fsync_dir
 from seedbed.model import Transformer
 from seedbed.read.load import Grown, load
+from seedbed.soil.synthetic import RepeatedBlocksSoil
 from seedbed.soil.text import Tokenizer
 
 FORMATS = ("hf", "transformer-lens")  # transformer-lens: the same folder; TransformerLens 4 loads Hugging Face folders
@@ -151,8 +152,8 @@ def generation_config(conditions: Conditions) -> dict[str, Any]:
 
 
 def _bos(conditions: Conditions) -> int | None:
-    """Repeated blocks start every sequence with token 0; no other soil has a BOS."""
-    return 0 if isinstance(conditions.soil, RepeatedBlocks) else None
+    """The soil's BOS token (repeated blocks start every sequence with one; no other soil has one)."""
+    return RepeatedBlocksSoil.bos if isinstance(conditions.soil, RepeatedBlocks) else None
 
 
 def hf_weights(model: Transformer) -> dict[str, Tensor]:
