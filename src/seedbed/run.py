@@ -140,6 +140,10 @@ class Run:
     def metric(self, name: str) -> list[tuple[int, float]]:
         return self.db.execute("SELECT step, value FROM metrics WHERE name = ? ORDER BY step", (name,)).fetchall()
 
+    def metric_names(self) -> list[str]:
+        """Every metric name logged so far, sorted (observers add their own names)."""
+        return [r[0] for r in self.db.execute("SELECT DISTINCT name FROM metrics ORDER BY name")]
+
     def last_metric(self, name: str) -> float | None:
         row = self.db.execute("SELECT value FROM metrics WHERE name = ? ORDER BY step DESC LIMIT 1", (name,)).fetchone()
         return None if row is None else row[0]
