@@ -63,7 +63,7 @@ def trial_result() -> dict:
                         "end": 800, "before": 0.01, "after": -1.9, "size": -1.91}],
         "future_key": {"ignored": True},
         "figures": [
-            {"kind": "lines", "id": "loss", "title": "loss on each half", "x_label": "step", "y_label": "nats", "log_y": False,
+            {"kind": "lines", "id": "loss", "title": "loss on each half", "x_label": "step", "y_label": "nats", "log_y": True,
              "series": [{"label": "repeated half", "x": steps, "y": repeated}, {"label": "first half", "x": steps, "y": first}],
              "spans": [{"from": 500, "to": 800, "label": "transition"}], "hlines": [{"y": 0.4, "label": "threshold"}]},
             {"kind": "bars", "id": "ablation", "title": "loss after ablating each head", "y_label": "Δ nats",
@@ -117,6 +117,7 @@ def test_trial_report_is_self_contained_and_complete(tmp_path):
     assert "in-context-learning score" in page
     assert 'datetime="2026-11-21T10:00:00+00:00"' in page
     assert "torch 2.13.0+cpu" in page
+    assert "mathdefault" not in page  # the log axis is labelled 0.5, 1, 2, not in mathtext
     assert "induction-control" in page and "n_layers = 1" in page  # conditions as TOML
 
     png = run / "report-main.png"

@@ -26,6 +26,7 @@ import matplotlib
 import numpy as np
 import tomli_w
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from seedbed.errors import SeedbedError
 from seedbed.files import write_atomic
@@ -36,7 +37,6 @@ PALETTE = ["#1f5fa8", "#d1621b", "#2b8a3e", "#8e44ad", "#b8860b", "#c0392b", "#1
 SPAN_COLOURS = ["#f2c14e", "#9ecae1", "#c7e9c0", "#fdd0a2"]
 STYLE = {
     "svg.fonttype": "path",  # text drawn as shapes: the page needs no font at all
-    "text.parse_math": False,  # a token such as "$x$" is text, not mathtext
     "font.size": 9,
     "axes.spines.top": False,
     "axes.spines.right": False,
@@ -65,7 +65,7 @@ def draw(spec: dict, titled: bool = False) -> Figure:
     with matplotlib.rc_context(STYLE):
         fig = DRAWERS[kind](spec)
         if titled and spec.get("title"):
-            fig.suptitle(str(spec["title"]), fontsize=10, fontweight="bold")
+            fig.suptitle(_text(spec["title"]), fontsize=10, fontweight="bold")
     return fig
 
 
@@ -80,22 +80,33 @@ def _lines(spec: dict) -> Figure:
     for i, s in enumerate(spec.get("series", [])):
         y = _numbers(s.get("y", []))
         x = _numbers(s["x"]) if "x" in s else np.arange(len(y), dtype=float)
-        ax.plot(x, y, label=s.get("label"), color=PALETTE[i % len(PALETTE)], lw=1.6, marker="o" if len(y) <= 40 else None, ms=3)
+        ax.plot(x, y, label=_text(s.get("label")), color=PALETTE[i % len(PALETTE)], lw=1.6, marker="o" if len(y) <= 40 else None, ms=3)
     for i, sp in enumerate(spec.get("spans", [])):
-        ax.axvspan(sp["from"], sp["to"], color=SPAN_COLOURS[i % len(SPAN_COLOURS)], alpha=0.35, lw=0, label=sp.get("label"), zorder=0)
+        ax.axvspan(sp["from"], sp["to"], color=SPAN_COLOURS[i % len(SPAN_COLOURS)], alpha=0.35, lw=0, label=_text(sp.get("label")), zorder=0)
     for h in spec.get("hlines", []):
-        ax.axhline(h["y"], color="#444444", ls="--", lw=1, label=h.get("label"))
+        ax.axhline(h["y"], color="#444444", ls="--", lw=1, label=_text(h.get("label")))
     if spec.get("log_y"):
         ax.set_yscale("log")
-    ax.set_xlabel(spec.get("x_label", ""))
-    ax.set_ylabel(spec.get("y_label", ""))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.5, 1, 3 read faster than 5×10⁻¹
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _minor_log_label(ax, v)))
+    ax.set_xlabel(_text(spec.get("x_label", "")))
+    ax.set_ylabel(_text(spec.get("y_label", "")))
     _legend(ax)
     return fig
 
 
+def _minor_log_label(ax, v: float) -> str:
+    """Between powers of ten, label 2, 3 and 5 times one, when the axis spans at most two decades."""
+    lo, hi = ax.get_ylim()
+    if v <= 0 or lo <= 0 or hi / lo > 100:
+        return ""
+    mantissa = round(v / 10 ** math.floor(math.log10(v)), 6)
+    return f"{v:g}" if mantissa in (2, 3, 5) else ""
+
+
 def _bars(spec: dict) -> Figure:
     bars = spec.get("bars", [])
-    labels = [str(b.get("label", "")) for b in bars]
+    labels = [_text(b.get("label", "")) for b in bars]
     fig = Figure(figsize=(max(4.0, min(9.6, 1.2 + 0.35 * len(bars))), 3.4), layout="constrained")
     ax = fig.subplots()
     colours = [PALETTE[1] if b.get("highlight") else "#9bb3cf" for b in bars]
@@ -105,9 +116,9 @@ def _bars(spec: dict) -> Figure:
     ax.axhline(0, color="#8a8a8a", lw=0.8)
     ax.grid(axis="x", visible=False)
     for h in spec.get("hlines", []):
-        ax.axhline(h["y"], color="#444444", ls="--", lw=1, label=h.get("label"))
-    ax.set_xlabel(spec.get("x_label", ""))
-    ax.set_ylabel(spec.get("y_label", ""))
+        ax.axhline(h["y"], color="#444444", ls="--", lw=1, label=_text(h.get("label")))
+    ax.set_xlabel(_text(spec.get("x_label", "")))
+    ax.set_ylabel(_text(spec.get("y_label", "")))
     _legend(ax)
     return fig
 
@@ -138,15 +149,15 @@ def _heatmap(spec: dict) -> Figure:
             axis.set_ticks(ticks, [_token(labels[i]) for i in ticks], fontsize=7 if n <= 32 else 5)
     if spec.get("x_labels"):
         ax.tick_params(axis="x", labelrotation=90)
-    ax.set_xlabel(spec.get("x_label", ""))
-    ax.set_ylabel(spec.get("y_label", ""))
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=spec.get("value_label", ""))
+    ax.set_xlabel(_text(spec.get("x_label", "")))
+    ax.set_ylabel(_text(spec.get("y_label", "")))
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=_text(spec.get("value_label", "")))
     return fig
 
 
 def _table(spec: dict) -> Figure:
-    columns = [str(c) for c in spec.get("columns", [])]
-    rows = [[fmt(c) for c in row] for row in spec.get("rows", [])]
+    columns = [_text(c) for c in spec.get("columns", [])]
+    rows = [[_text(fmt(c)) for c in row] for row in spec.get("rows", [])]
     width = max(3.0, min(9.6, 0.3 + sum(max([len(c)] + [len(r[j]) for r in rows if j < len(r)]) * 0.09 + 0.5 for j, c in enumerate(columns))))
     fig = Figure(figsize=(width, 0.3 + 0.26 * (len(rows) + 1)))
     ax = fig.add_axes((0.01, 0.01, 0.98, 0.98))
@@ -160,9 +171,14 @@ def _table(spec: dict) -> Figure:
     return fig
 
 
+def _text(s: Any) -> str | None:
+    """Text as written: a "$" is a dollar sign, not the start of mathtext."""
+    return None if s is None else str(s).replace("$", r"\$")
+
+
 def _token(s: Any) -> str:
     """Tokens are shown as they are, except the invisible ones."""
-    return str(s).replace("\n", "\\n").replace("\t", "\\t") or "''"
+    return _text(str(s).replace("\n", "\\n").replace("\t", "\\t") or "''")
 
 
 def _legend(ax) -> None:
