@@ -39,20 +39,39 @@ def weights_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save(run: Run, model: nn.Module, step: int, tokens_seen: int, state: dict[str, Any]) -> CheckpointRecord:
-    """Write the checkpoint of `step` and record it in the run."""
-    stem = run.path / "checkpoints" / f"step-{step:06d}"
+@dataclass
+class Encoded:
+    """A checkpoint as bytes, ready to write: growth keeps a few recent ones in memory
+    so that, when a transition is detected, the steps just before it can still be saved."""
+
+    step: int
+    tokens_seen: int
+    weights: bytes
+    state: bytes
+
+
+def encode(model: nn.Module, step: int, tokens_seen: int, state: dict[str, Any]) -> Encoded:
     buf = io.BytesIO()
     torch.save(state, buf)
     state_bytes = buf.getvalue()
-    write_atomic(stem.with_suffix(".state.pt"), state_bytes)
     meta = {"step": str(step), "tokens_seen": str(tokens_seen), "state_sha256": hashlib.sha256(state_bytes).hexdigest()}
-    weight_bytes = st_save(weights_of(model), metadata=meta)
+    return Encoded(step, tokens_seen, st_save(weights_of(model), metadata=meta), state_bytes)
+
+
+def write(run: Run, enc: Encoded) -> CheckpointRecord:
+    """Write an encoded checkpoint (state first, then the weights that vouch for it) and record it."""
+    stem = run.path / "checkpoints" / f"step-{enc.step:06d}"
+    write_atomic(stem.with_suffix(".state.pt"), enc.state)
     weights_file = stem.with_suffix(".safetensors")
-    write_atomic(weights_file, weight_bytes)
-    rec = CheckpointRecord(step, str(weights_file.relative_to(run.path)), hashlib.sha256(weight_bytes).hexdigest(), tokens_seen)
+    write_atomic(weights_file, enc.weights)
+    rec = CheckpointRecord(enc.step, str(weights_file.relative_to(run.path)), hashlib.sha256(enc.weights).hexdigest(), enc.tokens_seen)
     run.record_checkpoint(rec)
     return rec
+
+
+def save(run: Run, model: nn.Module, step: int, tokens_seen: int, state: dict[str, Any]) -> CheckpointRecord:
+    """Write the checkpoint of `step` and record it in the run."""
+    return write(run, encode(model, step, tokens_seen, state))
 
 
 @dataclass

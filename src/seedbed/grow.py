@@ -18,10 +18,11 @@ import math
 import os
 import signal
 import time
+from collections import deque
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.distributed as torch_dist
@@ -39,6 +40,12 @@ from seedbed.run import Run, RunLock
 from seedbed.soil import Batch, SoilBase, make_soil, resolve
 
 Observer = Callable[[nn.Module, int], dict[str, float]]
+# Told what was observed at a step, once it is stored in the run; returns steps to keep
+# a checkpoint of: recent past ones (from snapshots kept in memory) or future ones.
+Listener = Callable[[Run, int, dict[str, float]], Iterable[int]]
+
+RECENT_SNAPSHOTS = 8  # observed steps whose checkpoint stays in memory, for a listener to keep
+SNAPSHOT_BUDGET = 256 * 2**20  # bytes of memory those snapshots may take
 
 
 class Interrupted(Exception):
@@ -211,10 +218,17 @@ def grow(
     name: str | None = None,
     resume: str | Path | None = None,
     observers: Sequence[Observer] = (),
+    observe_every: int | None = None,
+    listeners: Sequence[Listener] = (),
     progress: bool = True,
     console: Console | None = None,
 ) -> Run:
     """Grow a new run from `conditions`, or continue the run at `resume`. Returns the Run.
+
+    `observers` are called at step 0, at every eval and checkpoint step and every
+    `observe_every` steps; what they return is stored in the run, and their cost is
+    logged as `time/observe_s` against `time/train_s`. `listeners` then hear every
+    observation and may ask for checkpoints around what they saw.
 
     Raises `Interrupted` after saving a checkpoint if stopped by a signal.
     """
@@ -245,6 +259,8 @@ def grow(
     dist = Distributed.from_env(backend)
     device = pick_device(cond.device, dist)
     say = (lambda m: console.print(m, soft_wrap=True, highlight=False)) if dist.main else (lambda m: None)
+    if observe_every is not None and observe_every < 1:
+        raise SeedbedError(f"observe_every={observe_every}: observe every 1 or more steps")
     if dist.world > 1:
         if cond.schedule.batch_size < dist.world:
             raise SeedbedError(f"schedule.batch_size={cond.schedule.batch_size} is smaller than {dist.world} processes: raise it")
@@ -256,13 +272,56 @@ def grow(
         run = Run.create(Path(runs_dir), run_path.name, cond, soil.artifacts()) if resume is None else Run.open(run_path)
         lock.acquire()
     try:
-        return _grow(cond, soil, run, run_path, resume is not None, dist, device, observers, progress, console, say)
+        watching = Watching(observers, observe_every, listeners)
+        return _grow(cond, soil, run, run_path, resume is not None, dist, device, watching, progress, console, say)
     finally:
         if dist.main:
             lock.release()
 
 
-def _grow(cond, soil, run, run_path, resuming, dist, device, observers, progress, console, say) -> Run:  # noqa: C901
+@dataclass
+class Watching:
+    """Observers, their schedule and their cost; listeners and the checkpoints they ask for."""
+
+    observers: Sequence[Observer]
+    every: int | None
+    listeners: Sequence[Listener]
+
+    def __post_init__(self) -> None:
+        self.observe_s = self.train_s = 0.0  # cumulative seconds, carried across resumes via the run
+        self.extra_checkpoints: set[int] = set()
+        self.recent: deque[checkpoint.Encoded] = deque(maxlen=RECENT_SNAPSHOTS)
+
+    def due(self, step: int, ckpt_steps: set[int], eval_every: int) -> bool:
+        if not self.observers:
+            return False
+        return step in ckpt_steps or step % eval_every == 0 or (self.every is not None and step % self.every == 0)
+
+    def observe(self, model: nn.Module, step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        out: dict[str, float] = {}
+        for observe in self.observers:
+            out.update(observe(model, step))
+        self.observe_s += time.perf_counter() - t0
+        return out
+
+    def hear(self, run: Run, step: int, observed: dict[str, float], snapshot: Callable[[], checkpoint.Encoded] | None) -> None:
+        """Tell the listeners; write the recent snapshots they ask for, remember the future steps."""
+        if not self.listeners:
+            return
+        if snapshot is not None:
+            enc = snapshot()
+            if len(enc.weights) + len(enc.state) <= SNAPSHOT_BUDGET // RECENT_SNAPSHOTS:
+                self.recent.append(enc)
+        wanted = {int(s) for listen in self.listeners for s in listen(run, step, observed)}
+        have = {r.step for r in run.checkpoints()}
+        for enc in self.recent:
+            if enc.step in wanted and enc.step not in have:
+                checkpoint.write(run, enc)
+        self.extra_checkpoints.update(s for s in wanted if s > step)
+
+
+def _grow(cond, soil, run, run_path, resuming, dist, device, watching, progress, console, say) -> Run:  # noqa: C901
     sched, total = cond.schedule, cond.schedule.steps
     batch_size = sched.batch_size
     tokens_per_step = batch_size * soil.seq_len
@@ -272,22 +331,42 @@ def _grow(cond, soil, run, run_path, resuming, dist, device, observers, progress
     torch.manual_seed(cond.seed + dist.rank)  # only dropout draws from the global RNG
     params = list(model.parameters())
     start = 0
+    ckpt_steps = set(cond.checkpoints.steps(total))
+
+    def snapshot_now(step: int) -> Callable[[], checkpoint.Encoded] | None:
+        # recent checkpoints kept in memory only in a single process: a past checkpoint
+        # would need every rank's RNG state, gathered at that step
+        return (lambda: checkpoint.encode(model, step, step * tokens_per_step, _state(opt, step, dist, device))) if dist.world == 1 else None
+
+    def observe(step: int, metrics: dict[str, float]) -> None:
+        """Observe (main process only), store everything measured at `step`, tell the listeners."""
+        observed = watching.observe(model, step)
+        metrics.update(observed)
+        if watching.observers:
+            metrics.update({"time/observe_s": watching.observe_s, "time/train_s": watching.train_s})
+        run.log_metrics(step, metrics)
+        run.commit()
+        watching.hear(run, step, observed, snapshot_now(step))
 
     if resuming:
         start = _restore(run, run_path, model, opt, dist, total, say)
         if start is None:
             return run
+        if dist.main:
+            watching.observe_s = run.last_metric("time/observe_s") or 0.0
+            watching.train_s = run.last_metric("time/train_s") or 0.0
     else:
         if dist.main:
             run.log_event(0, "start", f"growing {run.name}: {model.n_params():,} parameters, {total:,} steps")
         _save(run if dist.main else None, model, opt, 0, tokens_per_step, dist)
+        if dist.main and watching.observers:
+            observe(0, {})
 
-    ckpt_steps = set(cond.checkpoints.steps(total))
     share = torch.arange(batch_size).tensor_split(dist.world)[dist.rank]  # this rank's rows of the global batch
     my_rows = slice(int(share[0]), int(share[-1]) + 1)
     bar = make_progress(console, total, start) if progress and dist.main else None
-    observer_time = train_time = 0.0  # seconds in training steps / in evals and observers
-    steps_since, train_time_then = 0, 0.0  # for tokens/s over the steps since the last eval
+    eval_time = 0.0  # seconds in evals and observers
+    steps_since, train_time_then = 0, watching.train_s  # for tokens/s over the steps since the last eval
 
     with catch_stop_signals() as stop, (bar or nullcontext()):
         step = start
@@ -305,37 +384,40 @@ def _grow(cond, soil, run, run_path, resuming, dist, device, observers, progress
                 logits = model(batch.inputs)
             loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
             (loss_sum / n_loss_tokens).backward()
-            # one all-reduce carries the gradients, the loss and "somebody was asked to stop"
+            # one all-reduce carries the gradients, the loss, "somebody was asked to stop"
+            # and "a listener asked for a checkpoint at this step" (known to the main process only)
             wants_stop = torch.tensor([float(stop[0])], device=device)
-            reduced = _all_reduce_grads(params, dist, [loss_sum.detach().view(1), wants_stop])
+            wants_ckpt = torch.tensor([float(step + 1 in watching.extra_checkpoints)], device=device)
+            reduced = _all_reduce_grads(params, dist, [loss_sum.detach().view(1), wants_stop, wants_ckpt])
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cond.optimizer.grad_clip or math.inf, foreach=True)
             opt.step()
             opt.zero_grad(set_to_none=True)
             step += 1
             loss_value = reduced[0].item() / n_loss_tokens
             stop_now = reduced[1].item() > 0
-            train_time += time.perf_counter() - t0
+            watching.train_s += time.perf_counter() - t0
             steps_since += 1
 
             if dist.main:
                 run.log_metrics(step, {"train/loss": loss_value})
-            if step % sched.eval_every == 0 or step == total:
-                tps = tokens_per_step * steps_since / max(train_time - train_time_then, 1e-9)  # training steps only
-                steps_since, train_time_then = 0, train_time
-                if dist.main:
-                    t1 = time.perf_counter()
+            evaluating_now = step % sched.eval_every == 0 or step == total
+            if dist.main and (evaluating_now or watching.due(step, ckpt_steps, sched.eval_every)):
+                t1 = time.perf_counter()
+                metrics: dict[str, float] = {}
+                if evaluating_now:
+                    tps = tokens_per_step * steps_since / max(watching.train_s - train_time_then, 1e-9)  # training steps only
+                    steps_since, train_time_then = 0, watching.train_s
                     metrics = evaluate(model, soil, cond, device)
-                    for observe in observers:
-                        metrics.update(observe(model, step))
-                    observer_time += time.perf_counter() - t1
                     metrics.update({"train/lr": lr, "train/grad_norm": float(grad_norm), "train/tokens_per_s": tps})
-                    run.log_metrics(step, metrics)
-                    run.commit()
                     if bar is not None:
                         bar.update(bar.task_ids[0], tps=f"{tps:,.0f}", eval_loss=f"{metrics['eval/loss']:.3f}")
+                observe(step, metrics)
+                eval_time += time.perf_counter() - t1
+            elif evaluating_now:  # other ranks keep the tokens/s window in step
+                steps_since, train_time_then = 0, watching.train_s
             if bar is not None:
                 bar.update(bar.task_ids[0], completed=step, loss=f"{loss_value:.3f}")
-            if step in ckpt_steps or stop_now:
+            if step in ckpt_steps or stop_now or reduced[2].item() > 0:
                 _save(run if dist.main else None, model, opt, step, tokens_per_step, dist)
             if stop_now and step < total:
                 if dist.main:
@@ -344,7 +426,10 @@ def _grow(cond, soil, run, run_path, resuming, dist, device, observers, progress
                 raise Interrupted(step)
 
     if dist.main:
-        run.log_event(total, "done", f"grew {total:,} steps; eval and observers took {observer_time:.1f}s of {train_time + observer_time:.1f}s")
+        spent = f"eval and observers took {eval_time:.1f}s of {watching.train_s + eval_time:.1f}s"
+        if watching.observers:
+            spent += f"; observers {watching.observe_s:.1f}s = {watching.observe_s / max(watching.train_s, 1e-9):.1%} of training time"
+        run.log_event(total, "done", f"grew {total:,} steps; {spent}")
         final = run.last_metric("eval/loss")
         say(f"[green]grew {run.name}[/]: {total:,} steps, train loss {loss_value:.4f}, eval loss {final:.4f} → {run_path}")
     return run
@@ -376,19 +461,22 @@ def _rng_states(dist: Distributed, device: torch.device) -> list[Tensor]:
     return [t.cpu() for t in out]
 
 
-def _save(run: Run | None, model: nn.Module, opt: torch.optim.Optimizer, step: int, tokens_per_step: int, dist: Distributed) -> None:
-    rng = _rng_states(dist, next(model.parameters()).device)  # collective: every rank takes part
-    if run is None:
-        return
-    state = {
+def _state(opt: torch.optim.Optimizer, step: int, dist: Distributed, device: torch.device) -> dict:
+    """What resuming needs besides the weights. Collective: every rank takes part."""
+    return {
         "step": step,
         "cursor": step,  # one global batch per step
         # (the learning-rate schedule is a pure function of the step: the step is its whole state)
         "optimizer": opt.state_dict(),
-        "rng": rng,
+        "rng": _rng_states(dist, device),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    checkpoint.save(run, model, step, step * tokens_per_step, state)
+
+
+def _save(run: Run | None, model: nn.Module, opt: torch.optim.Optimizer, step: int, tokens_per_step: int, dist: Distributed) -> None:
+    state = _state(opt, step, dist, next(model.parameters()).device)
+    if run is not None:
+        checkpoint.save(run, model, step, step * tokens_per_step, state)
 
 
 def _restore(run, run_path, model, opt, dist, total, say) -> int | None:
