@@ -179,6 +179,50 @@ def export(
     console.print(f"load it with {load} (see docs/export.md)", soft_wrap=True, markup=False)
 
 
+@app.command()
+def trial(
+    name: str = typer.Argument(..., help="which trial (seedbed trials lists them)"),
+    scale: str = typer.Option("small", "--scale", help="tiny (seconds), small (minutes on a 2-core CPU) or full (the published scale: a GPU)"),
+    seed: int = typer.Option(0, "--seed", help="the seed of every run the trial grows"),
+    out: Optional[Path] = typer.Option(None, "--out", help="the trial's folder (default: runs/NAME-SCALE-seedS, numbered if taken)"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where the default folder goes"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+) -> None:
+    """Run one trial: grow, watch, measure, judge its prediction, and write its HTML report."""
+    from seedbed.grow import Interrupted
+    from seedbed.trials import run_trial
+
+    try:
+        run_trial(name, scale=scale, seed=seed, out=out, runs_dir=runs_dir, console=console, progress=progress)
+    except Interrupted:
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def trials(runs_dir: Path = typer.Argument(Path("runs"), help="folder whose trial runs hold the last verdicts")) -> None:
+    """List the trials: each claim, and its last verdict in RUNS_DIR."""
+    from seedbed.trials import REGISTRY, last_verdicts
+
+    last = last_verdicts(runs_dir)
+    table = Table(box=box.SIMPLE_HEAD)
+    for col in ("trial", "claim", "last verdict", "where"):
+        table.add_column(col, overflow="fold")
+    for name, cls in sorted(REGISTRY.items()):
+        r = last.get(name)
+        verdict = "not run yet" if r is None else f"{r['verdict']} ({r['scale']}, seed {r['seed']})"
+        table.add_row(name, cls.claim, verdict, "" if r is None else r["path"])
+    console.print(table)
+
+
+@app.command()
+def report(run: Path = typer.Argument(..., help="a trial's folder or any run folder")) -> None:
+    """Write RUN/report.html again: the trial's claim, prediction, figures and verdict (or a run's curves)."""
+    from seedbed.report import report_command
+
+    path = report_command(run)
+    console.print(f"report → {path}", soft_wrap=True, markup=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     try:

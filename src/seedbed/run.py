@@ -157,7 +157,10 @@ class Run:
 
     def status(self) -> str:
         """done, interrupted, growing, crashed or new — from the events and the lock file."""
-        row = self.db.execute("SELECT kind FROM events ORDER BY rowid DESC LIMIT 1").fetchone()
+        # the newest event of growth's own life: other events (emergences, corrupt checkpoints) say nothing of it
+        row = self.db.execute(
+            "SELECT kind FROM events WHERE kind IN ('start', 'resume', 'done', 'interrupted') ORDER BY rowid DESC LIMIT 1"
+        ).fetchone()
         last = row[0] if row else None
         if last in ("done", "interrupted"):
             return last

@@ -299,8 +299,8 @@ def composition_scores(model: Transformer, kind: Kind) -> Tensor:
     return torch.where(l1 < l2, scores, torch.zeros_like(scores)).float()
 
 
-def composition_baseline(model: Transformer, kind: Kind, samples: int = 256, seed: int = 0) -> float:
-    """The mean composition score of random heads with this model's shapes.
+def composition_baseline(model: Transformer, kind: Kind, samples: int = 256, seed: int = 0, quantile: float | None = None) -> float:
+    """The mean (or the given quantile) composition score of random heads with this model's shapes.
 
     W_Q, W_K, W_V [d_model, d_head] and W_O [d_head, d_model] drawn i.i.d. Gaussian
     (the score does not depend on their scale), `samples` independent pairs, seeded.
@@ -310,4 +310,5 @@ def composition_baseline(model: Transformer, kind: Kind, samples: int = 256, see
     g = torch.Generator().manual_seed(seed)
     tall = lambda: torch.randn(2, samples, d_model, d_head, generator=g, dtype=torch.float64)  # noqa: E731
     Q, K, V, O = tall(), tall(), tall(), tall().mT
-    return _composition(Q, K, V, O, kind, (0,), (1,)).mean().item()
+    scores = _composition(Q, K, V, O, kind, (0,), (1,)).flatten()
+    return (scores.mean() if quantile is None else scores.quantile(quantile)).item()
