@@ -30,6 +30,7 @@ SHARPNESS = 3.0
 NOISE_MULTIPLE = 10.0
 MAX_POINTS = 64  # longer series are resampled to this many points (the fit is O(n²))
 MIN_POINTS = 8
+SEGMENT_POINTS = 3  # ruptures' "clinear" cost needs 3 points a segment: a transition (3 segments) needs 9
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,10 @@ def noise_level(y: np.ndarray) -> float:
 def fit_segments(grid: np.ndarray, y: np.ndarray, n_changes: int) -> list[tuple[int, int]]:
     """Index ranges [a, b] (inclusive ends, shared between neighbours) of the best continuous
     piecewise-linear fit with `n_changes` change points."""
-    algo = ruptures.Dynp(model="clinear", min_size=2, jump=1).fit(y.reshape(-1, 1))
+    algo = ruptures.Dynp(model="clinear", min_size=SEGMENT_POINTS, jump=1).fit(y.reshape(-1, 1))
     ends = algo.predict(n_bkps=n_changes)  # last index of each segment + 1
-    edges = [0] + [e for e in ends[:-1]] + [len(y) - 1]
+    # clinear's segment [s, e) is the line from point s - 1 to point e - 1: the knots are at e - 1
+    edges = [0] + [e - 1 for e in ends[:-1]] + [len(y) - 1]
     return list(zip(edges[:-1], edges[1:]))
 
 
@@ -103,7 +105,7 @@ def transition(name: str, steps: Sequence[float], values: Sequence[float]) -> Em
     if len([v for v in values if v is not None and math.isfinite(v)]) < MIN_POINTS:
         return None
     grid, y = even_grid(steps, values)
-    if len(y) < MIN_POINTS:
+    if len(y) < max(MIN_POINTS, 3 * SEGMENT_POINTS):
         return None
     noise = noise_level(y)
     (a0, b0), (a1, b1), (a2, b2) = fit_segments(grid, y, 2)
@@ -131,7 +133,10 @@ def onset(name: str, steps: Sequence[float], values: Sequence[float]) -> int | N
         return None
     noise = noise_level(y)
     (a0, b0), (a1, b1) = fit_segments(grid, y, 1)
-    early, late = abs(_slope(grid, y, a0, b0)), abs(_slope(grid, y, a1, b1))
+    # the earlier slope, at least what noise alone makes of a slope over its length (a few
+    # points of a steady trend can look flat by chance, and anything would look steep after them)
+    early = max(abs(_slope(grid, y, a0, b0)), 2 * math.sqrt(2) * noise / max(grid[b0] - grid[a0], 1e-12))
+    late = abs(_slope(grid, y, a1, b1))
     if late >= SHARPNESS * early and abs(y[b1] - y[a1]) >= NOISE_MULTIPLE * max(noise, 1e-12):
         return int(round(grid[a1]))
     return None

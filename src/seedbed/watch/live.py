@@ -52,8 +52,12 @@ class Watcher:
                 run.log_event(step, "emergence", line)
                 self.say(f"[bold magenta]step {step:,}[/] — {line}")
                 continue
-            began = onset(name, steps, values)
-            if began is not None and not any(e.start <= began <= e.end for e in announced):
+            # only what came after the transitions already announced can be under way (on the whole
+            # series, one change point placed around a finished transition lands anywhere before it)
+            since = max((e.end for e in announced), default=steps[0] if steps else 0)
+            after = [(s, v) for s, v in zip(steps, values) if s >= since]
+            began = onset(name, [s for s, _ in after], [v for _, v in after])
+            if began is not None:
                 keep += [s for s in steps if s >= began]  # under way: keep a checkpoint at every observation
         self.spent += time.perf_counter() - t0
         return keep
