@@ -120,6 +120,9 @@ class Objective(_Strict):
 
     kind: Literal["next-token"] = "next-token"
     loss_on: Literal["all", "answer", "last"] = "all"
+    loss_dtype: Literal["float32", "float64"] = Field(
+        "float32", description="float64 keeps tiny train losses (memorised data, grokking) from rounding to 0"
+    )
 
 
 class Optimizer(_Strict):

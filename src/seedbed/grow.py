@@ -132,6 +132,11 @@ def loss_targets(batch: Batch, loss_on: str) -> Tensor:
     return targets.masked_fill(~keep, -100)
 
 
+def loss_dtype(cond: Conditions) -> torch.dtype:
+    """float64 where a tiny loss would round away in float32 (Nanda et al. compute it so for grokking)."""
+    return torch.float64 if cond.objective.loss_dtype == "float64" else torch.float32
+
+
 def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -156,7 +161,7 @@ def evaluate(model: nn.Module, soil: SoilBase, cond: Conditions, device: torch.d
         with autocast(device, cond.precision):
             logits = model(batch.inputs)
         # every position's loss and correctness (the soil's metrics may look anywhere); the objective's mask on top
-        per_token = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="none").view(batch.targets.shape)
+        per_token = F.cross_entropy(logits.to(loss_dtype(cond)).flatten(0, 1), batch.targets.flatten(), reduction="none").view(batch.targets.shape)
         correct = logits.argmax(-1) == batch.targets
         mask = loss_targets(batch, cond.objective.loss_on) != -100
         loss_sum += per_token[mask].sum().item()
@@ -382,7 +387,7 @@ def _grow(cond, soil, run, run_path, resuming, dist, device, watching, progress,
                 group["lr"] = lr
             with autocast(device, cond.precision):
                 logits = model(batch.inputs)
-            loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+            loss_sum = F.cross_entropy(logits.to(loss_dtype(cond)).flatten(0, 1), targets.flatten(), reduction="sum")
             (loss_sum / n_loss_tokens).backward()
             # one all-reduce carries the gradients, the loss, "somebody was asked to stop"
             # and "a listener asked for a checkpoint at this step" (known to the main process only)

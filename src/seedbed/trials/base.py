@@ -79,6 +79,12 @@ class Trial:
         """The runs to grow, by name; "main" is the run the trial folder is."""
         raise NotImplementedError
 
+    def observers(self, model: Any, soil: Any) -> list:
+        """What to watch while each run grows; the built-in observers unless a trial needs its own."""
+        from seedbed.watch import default_observers
+
+        return default_observers(model, soil)
+
     def measure(self, path: Path) -> Evidence:
         raise NotImplementedError
 
@@ -119,7 +125,7 @@ def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None =
     from seedbed.model import Transformer
     from seedbed.report import write_report
     from seedbed.soil import resolve
-    from seedbed.watch import Watcher, default_observers
+    from seedbed.watch import Watcher
 
     console = console or Console()
     trial = get(name)
@@ -154,7 +160,7 @@ def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None =
     for run_name, cond in runs.items():
         where = (out.parent, out.name) if run_name == "main" else (out, run_name)
         resolved, soil = resolve(cond)
-        observers = default_observers(Transformer(resolved.architecture), soil)
+        observers = trial.observers(Transformer(resolved.architecture), soil)
         say(f"growing {run_name}: {where[0] / where[1]}")
         grow(cond, runs_dir=where[0], name=where[1], observers=observers, observe_every=trial.observe_every[scale],
              listeners=[Watcher(say)], progress=progress, console=console)
