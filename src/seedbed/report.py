@@ -89,6 +89,9 @@ def _lines(spec: dict) -> Figure:
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.5, 1, 3 read faster than 5×10⁻¹
         ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _minor_log_label(ax, v)))
+    if spec.get("log_x"):  # model sizes, token counts: a log axis, labelled with plain numbers
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
     ax.set_xlabel(_text(spec.get("x_label", "")))
     ax.set_ylabel(_text(spec.get("y_label", "")))
     _legend(ax)
