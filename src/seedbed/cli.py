@@ -183,7 +183,8 @@ def export(
 def trial(
     name: str = typer.Argument(..., help="which trial (seedbed trials lists them)"),
     scale: str = typer.Option("small", "--scale", help="tiny (seconds), small (minutes on a 2-core CPU) or full (the published scale: a GPU)"),
-    seed: int = typer.Option(0, "--seed", help="the seed of every run the trial grows"),
+    seed: int = typer.Option(0, "--seed", help="the seed of every run the trial grows (seeds: the first of its seeds)"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="seeds trial only: how many seeds (default 5 at small)"),
     out: Optional[Path] = typer.Option(None, "--out", help="the trial's folder (default: runs/NAME-SCALE-seedS, numbered if taken)"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where the default folder goes"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
@@ -193,7 +194,7 @@ def trial(
     from seedbed.trials import run_trial
 
     try:
-        run_trial(name, scale=scale, seed=seed, out=out, runs_dir=runs_dir, console=console, progress=progress)
+        run_trial(name, scale=scale, seed=seed, out=out, runs_dir=runs_dir, console=console, progress=progress, n_seeds=seeds)
     except Interrupted:
         raise typer.Exit(130) from None
 

@@ -100,6 +100,9 @@ class Architecture(_Strict):
     act: Literal["gelu", "relu"] = "gelu"
     tied_embeddings: bool = False
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    init: Literal["gpt2", "fan-in"] = Field(
+        "gpt2", description="gpt2: N(0, 0.02), residual writes scaled down; fan-in: N(0, 1/fan_in), as in Nanda et al.'s grokking code"
+    )
 
     @model_validator(mode="after")
     def _shapes(self) -> "Architecture":

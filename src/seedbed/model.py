@@ -170,10 +170,13 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int) -> None:
-        """GPT-2's init, drawn from a generator seeded by `seed` alone (not the global RNG).
+        """Initial weights, drawn from a generator seeded by `seed` alone (not the global RNG).
 
-        Matrices ~ N(0, 0.02); the projections that write into the residual stream
+        `gpt2`: matrices ~ N(0, 0.02); the projections that write into the residual stream
         are scaled by 1/sqrt(2 · n_layers) so the stream's variance does not grow with depth.
+        `fan-in`: matrices ~ N(0, 1/fan_in) (embeddings: 1/d_model), as in Nanda et al.'s
+        grokking code; several times larger, and the init scale decides whether a model
+        memorises first and generalises late (Liu et al. 2022, Omnigrok).
         """
         g = torch.Generator().manual_seed(seed)
         residual_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
@@ -181,7 +184,10 @@ class Transformer(nn.Module):
             if p.dim() == 1:  # biases start at 0, LayerNorm gains at 1
                 p.fill_(0.0 if name.endswith("bias") else 1.0)
                 continue
-            std = residual_std if name.endswith(("attn.out.weight", "mlp.fc_out.weight")) else 0.02
+            if self.cfg.init == "fan-in":
+                std = 1 / math.sqrt(self.cfg.d_model if name.startswith(("embed.", "pos_embed.")) else p.shape[1])
+            else:
+                std = residual_std if name.endswith(("attn.out.weight", "mlp.fc_out.weight")) else 0.02
             p.copy_(torch.randn(p.shape, generator=g) * std)
 
     def forward(self, tokens: Tensor) -> Tensor:

@@ -14,7 +14,10 @@ not → "did not hold"; otherwise (something could not be measured) "inconclusiv
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import platform
+from concurrent.futures import ProcessPoolExecutor, as_completed
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -79,6 +82,10 @@ class Trial:
         """The runs to grow, by name; "main" is the run the trial folder is."""
         raise NotImplementedError
 
+    def workers(self) -> int:
+        """Processes that grow the runs other than main; 1 grows them one after another in this process."""
+        return 1
+
     def observers(self, model: Any, soil: Any) -> list:
         """What to watch while each run grows; the built-in observers unless a trial needs its own."""
         from seedbed.watch import default_observers
@@ -119,13 +126,13 @@ def default_out(runs_dir: Path, name: str, scale: str, seed: int) -> Path:
     return out
 
 
-def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None = None, runs_dir: Path = Path("runs"), console: Console | None = None, progress: bool = True) -> Path:
-    """Grow, watch, measure and judge one trial; returns its folder (which holds report.html)."""
-    from seedbed.grow import grow
-    from seedbed.model import Transformer
+def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None = None, runs_dir: Path = Path("runs"), console: Console | None = None, progress: bool = True,
+              n_seeds: int | None = None) -> Path:
+    """Grow, watch, measure and judge one trial; returns its folder (which holds report.html).
+
+    `n_seeds` is for trials that grow several seeds (the `seeds` trial); others refuse it.
+    """
     from seedbed.report import write_report
-    from seedbed.soil import resolve
-    from seedbed.watch import Watcher
 
     console = console or Console()
     trial = get(name)
@@ -133,6 +140,12 @@ def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None =
         raise SeedbedError(f"scale '{scale}' is not one of {', '.join(SCALES)}")
     if seed < 0:
         raise SeedbedError(f"seed={seed}: use a seed of 0 or more")
+    if n_seeds is not None:
+        if not hasattr(trial, "n_seeds"):
+            raise SeedbedError(f"--seeds applies to the seeds trial only, not '{name}': leave it out")
+        if n_seeds < 2:
+            raise SeedbedError(f"--seeds {n_seeds}: comparing seeds needs at least 2")
+        trial.n_seeds = n_seeds
     out = Path(out) if out is not None else default_out(Path(runs_dir), name, scale, seed)
     if out.exists():
         raise SeedbedError(f"'{out}' already exists: choose another --out, or leave --out out to get a fresh name")
@@ -157,15 +170,24 @@ def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None =
     for p in trial.predictions:
         say(f"  predicted ({p.id}) {p.text} " + escape(f"[{p.threshold}]"))
 
-    for run_name, cond in runs.items():
-        where = (out.parent, out.name) if run_name == "main" else (out, run_name)
-        resolved, soil = resolve(cond)
-        observers = trial.observers(Transformer(resolved.architecture), soil)
-        say(f"growing {run_name}: {where[0] / where[1]}")
-        grow(cond, runs_dir=where[0], name=where[1], observers=observers, observe_every=trial.observe_every[scale],
-             listeners=[Watcher(say)], progress=progress, console=console)
-        if run_name == "main":  # the prediction goes on disk before anything was measured
-            write_atomic(out / "trial.json", json.dumps(result, indent=1).encode())
+    # main first (its folder is the trial's folder); then the others, in parallel processes if the trial asks
+    say(f"growing main: {out}")
+    grow_one(trial, scale, runs["main"], out.parent, out.name, say, progress, console)
+    write_atomic(out / "trial.json", json.dumps(result, indent=1).encode())  # the prediction, before anything is measured
+    others = [(k, c) for k, c in runs.items() if k != "main"]
+    workers = min(trial.workers(), len(others))
+    if workers > 1:
+        say(f"growing {len(others)} runs in {workers} processes: {', '.join(k for k, _ in others)}")
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = {pool.submit(_grow_in_process, name, scale, c.model_dump(mode="json"), str(out), k, threads): k for k, c in others}
+            for job in as_completed(jobs):
+                job.result()  # a worker's failure is this trial's failure
+                say(f"grew {jobs[job]}")
+    else:
+        for k, c in others:
+            say(f"growing {k}: {out / k}")
+            grow_one(trial, scale, c, out, k, say, progress, console)
 
     say("measuring…")
     evidence = trial.measure(out)
@@ -192,6 +214,31 @@ def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None =
         say(f"  {mark} ({p['id']}) {escape(p['measured'])}")
     say(f"[bold {colour}]verdict: {result['verdict']}[/] in {result['wall_seconds']:.0f}s → {report}")
     return out
+
+
+def grow_one(trial: Trial, scale: str, cond: Conditions, runs_dir: Path, name: str, say, progress: bool, console: Console | None) -> None:  # noqa: ANN001
+    """Grow one of a trial's runs with the trial's observers and the live watcher."""
+    from seedbed.grow import grow
+    from seedbed.model import Transformer
+    from seedbed.soil import resolve
+    from seedbed.watch import Watcher
+
+    resolved, soil = resolve(cond)
+    observers = trial.observers(Transformer(resolved.architecture), soil)
+    grow(cond, runs_dir=runs_dir, name=name, observers=observers, observe_every=trial.observe_every[scale],
+         listeners=[Watcher(say)], progress=progress, console=console)
+
+
+def _grow_in_process(trial_name: str, scale: str, cond: dict, runs_dir: str, name: str, threads: int) -> None:
+    """One run in a worker process: its own threads, no progress bar, lines prefixed with the run's name."""
+    import torch
+
+    from seedbed.conditions import parse
+
+    torch.set_num_threads(threads)
+    console = Console()
+    say = lambda m: console.print(f"[dim]{name}:[/] {m}", soft_wrap=True, highlight=False)  # noqa: E731
+    grow_one(get(trial_name), scale, parse(cond), Path(runs_dir), name, say, False, console)
 
 
 def _why(predictions: list[dict]) -> str:
