@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import sqlite3
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +100,8 @@ def test_rise_and_largest_share():
     assert rise(steps, 1 - ramp, up=False) == (10, 90)
     assert largest_share([0, 0.02, 0.9, 1.0]) == pytest.approx(0.88)
     assert largest_share([0, 0.33, 0.66, 1.0]) == pytest.approx(0.34)
+    assert largest_share([-2.0, -1.5, -1.0, -0.5]) == pytest.approx(1 / 3, abs=1e-3)
+    assert largest_share([0, 0.9, 0.0, 1.0]) == pytest.approx(1.0)  # back and forth: as abrupt as it gets
     assert largest_share([0.5, 0.5]) is None
 
 
@@ -164,11 +166,11 @@ def test_mirage_trial_tiny_end_to_end(tmp_path: Path):
     assert result["verdict"] in ("held", "did not hold", "inconclusive")
     assert [p["id"] for p in result["predictions"]] == ["a", "b", "c", "d"]
     assert all(p["measured"] and p["measured"] != "not measured" for p in result["predictions"])
-    # the prediction went on disk before the model was grown: its timestamp is before the first run's creation
-    with sqlite3.connect(folder / "run.sqlite") as db:
-        names = [row[0] for row in db.execute("select name from sqlite_master where type='table'")]
-    assert result["prediction_written"] and names
-    assert result["prediction_written"] <= result["finished"]
+    # the prediction was fixed before anything grew: its time is no later than the main run's creation
+    written = datetime.fromisoformat(result["prediction_written"])
+    created = datetime.fromtimestamp((folder / "conditions.toml").stat().st_mtime, tz=timezone.utc)
+    assert written <= created.replace(microsecond=0)
+    assert [p["threshold"] for p in result["predictions"]] == [p.threshold for p in Mirage.predictions]
     n = result["evidence"]
     for key in ("exact_match_rise_share", "log_likelihood_span_ratio", "edit_distance_span_ratio", "digit_half_spread_share",
                 "size_exact_match_largest_share", "d32_exact_match", "d8_log_likelihood", "digit0_half_step"):

@@ -41,7 +41,7 @@ STEP_RISE = 0.5  # (a) … and gains at least this much (from near 0)
 SPAN_RATIO = 2.0  # (b) the continuous metrics' 10→90% rise takes at least this many times as long as exact match's
 DIGIT_SPREAD = 0.2  # (c) the answer digits' accuracy crosses 50% at steps spread over at least this share of training …
 DIGIT_DISTINCT = 3  # (c) … at this many different steps at least (observations are `observe_every` apart)
-SIZE_JUMP = 0.5  # (d) exact match's largest jump between neighbouring widths is at least this share of its change across widths
+SIZE_JUMP = 0.5  # (d) exact match's largest jump between neighbouring widths is at least this share of its range across widths
 SIZE_RATIO = 1.5  # (d) … and at least this many times the continuous metrics' largest neighbouring share
 
 WATCH_INDEX = 30_000  # the held-out batch the observer generates on (evaluation uses indices 0, 1, …)
@@ -70,7 +70,7 @@ class Mirage(Trial):
         Prediction("c", "each answer digit has its own transition: the digits are learned at different steps",
                    f"per-digit accuracy (generated) first passes 50% at ≥ {DIGIT_DISTINCT} different steps, spread over ≥ {DIGIT_SPREAD:.0%} of training"),
         Prediction("d", "across widths, exact match jumps between two neighbouring sizes while the continuous metrics change gradually",
-                   f"exact match's largest neighbouring step holds ≥ {SIZE_JUMP:.0%} of its change across widths, "
+                   f"exact match's largest step between neighbouring widths is ≥ {SIZE_JUMP:.0%} of its range across widths, "
                    f"and ≥ {SIZE_RATIO:g}× the largest share of either continuous metric"),
     ]
 
@@ -115,13 +115,13 @@ class Mirage(Trial):
         places = sorted(int(k.removeprefix("watch/digit").removesuffix("_accuracy")) for k in series if k.endswith("_accuracy"))
         n1 = len(places)
 
-        # (a), (b) the span of each metric's rise over training
+        # (a), (b) the span of each metric's rise over training ("end": the mean over the last tenth of the observations)
         for key, values, up in (("exact_match", exact, True), ("log_likelihood", ll, True), ("edit_distance", edit, False)):
             r = rise(steps, values, up)
-            n[f"{key}_start"], n[f"{key}_end"] = round(float(values[0]), 4), round(float(values[-1]), 4)
+            n[f"{key}_start"], n[f"{key}_end"] = round(float(values[0]), 4), round(final(list(zip(steps, values))), 4)
             n[f"{key}_rise_from"], n[f"{key}_rise_to"] = r
             n[f"{key}_rise_share"] = round((r[1] - r[0]) / total, 4)
-        n["exact_match_gain"] = round(float(exact[-1] - exact[0]), 4)
+        n["exact_match_gain"] = round(n["exact_match_end"] - n["exact_match_start"], 4)
         for key in ("log_likelihood", "edit_distance"):
             em = max(n["exact_match_rise_to"] - n["exact_match_rise_from"], 1)
             n[f"{key}_span_ratio"] = round((n[f"{key}_rise_to"] - n[f"{key}_rise_from"]) / em, 2)
@@ -236,7 +236,7 @@ class Mirage(Trial):
         if em is None or lg is None or ed is None:
             checks.append(Check("d", "a metric did not change across widths", None))
         else:
-            checks.append(Check("d", f"largest step between neighbouring widths ({n['widths']}): exact match {em:.0%} of its change, "
+            checks.append(Check("d", f"largest step between neighbouring widths ({n['widths']}): exact match {em:.0%} of its range, "
                                      f"log-likelihood {lg:.0%}, edit distance {ed:.0%}",
                                 em >= SIZE_JUMP and em >= SIZE_RATIO * max(lg, ed)))
         return checks
@@ -280,11 +280,14 @@ def rise(steps: list[int], values: np.ndarray, up: bool = True) -> tuple[int, in
 
 
 def largest_share(values: list[float]) -> float | None:
-    """The largest change between neighbours, as a share of the change from the first to the last (None if that is 0)."""
-    total = values[-1] - values[0]
-    if len(values) < 2 or abs(total) < 1e-9:
+    """The largest change between neighbours, as a share of the metric's whole range across them (None if flat).
+
+    1.0: all of the change happens in one step (or the curve goes back and forth by its whole range);
+    1 / (len - 1): the change is spread evenly."""
+    span = max(values) - min(values) if values else 0.0
+    if len(values) < 2 or span < 1e-9:
         return None
-    return round(max(float(b - a) / total for a, b in itertools.pairwise(values)), 4)
+    return round(max(abs(float(b - a)) for a, b in itertools.pairwise(values)) / span, 4)
 
 
 # ── the observer ────────────────────────────────────────────────────────────
