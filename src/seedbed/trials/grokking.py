@@ -340,8 +340,7 @@ def measure_run(path: Path) -> Measured:
     })
     m.figures.append({
         "kind": "lines", "id": "progress", "log_y": True, "x_label": "step", "y_label": "nats",
-        "title": f"Progress measures with key frequencies {', '.join(map(str, keys)) or 'none'}: restricted loss (all pairs), "
-                 "excluded loss (train pairs), and the test loss",
+        "title": f"Progress measures, key frequencies {', '.join(map(str, keys)) or 'none'} (restricted: all pairs; excluded: train pairs)",
         "series": [line("restricted loss", progress["restricted"]), line("excluded loss", progress["excluded"]), line("test loss", progress["test"]),
                    line("train loss", progress["train"])],
         "spans": spans,

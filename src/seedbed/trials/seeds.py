@@ -23,8 +23,8 @@ from seedbed.conditions import Conditions, parse
 from seedbed.read import load
 from seedbed.read.scores import pattern_scores
 from seedbed.run import Run
-from seedbed.trials.base import Check, Evidence, Prediction, Trial, register
-from seedbed.trials.grokking import GROKKED, ModularProgress, grokking_conditions, measure_run
+from seedbed.trials.base import HELD, Check, Evidence, Prediction, Trial, register, verdict
+from seedbed.trials.grokking import GROKKED, Grokking, ModularProgress, grokking_conditions, measure_run
 from seedbed.trials.induction import SCORE, Induction
 from seedbed.watch import default_observers, transition
 from seedbed.watch.observers import weight_norm
@@ -71,7 +71,7 @@ class Seeds(Trial):
         return runs
 
     def workers(self) -> int:
-        return max(1, min(os.cpu_count() or 1, 8))
+        return max(2, min(os.cpu_count() or 1, 8))  # both cores on a laptop; at most 8
 
     def observers(self, model, soil) -> list:  # noqa: ANN001
         if soil.name == "modular-arithmetic":
@@ -90,9 +90,11 @@ class Seeds(Trial):
             seed = Run.open(p, readonly=True)
             s = seed.conditions.seed
             seed.close()
+            checks = Grokking().judge(Evidence(numbers=m))  # the grokking trial's own predictions, on this seed
             per_seed.append({"kind": "grokking", "seed": s, "onset": m["grokked_step"], "keys": m["key_frequencies"],
                              "grokked": m["grokked_step"] is not None, "test_loss": m["test_loss_final"], "train_loss": m["train_loss_final"],
-                             "memorised": m["memorised_step"]})
+                             "memorised": m["memorised_step"], "grokking_verdict": verdict(checks),
+                             "grokking_failed": [c.id for c in checks if c.held is False]})
         for p in induction:
             per_seed.append(_induction_numbers(p))
         n["runs"] = per_seed
@@ -100,6 +102,7 @@ class Seeds(Trial):
         i = [r for r in per_seed if r["kind"] == "induction"]
         n["grokking_seeds"], n["induction_seeds"] = len(g), len(i)
         n["grokked_seeds"] = sum(r["grokked"] for r in g)
+        n["grokking_trial_held_seeds"] = sum(r["grokking_verdict"] == HELD for r in g)
         n["induction_head_seeds"] = sum(r["top_score"] > SCORE for r in i)
         n["induction_heads"] = [r["head"] for r in i]
         n["distinct_induction_heads"] = len({r["head"] for r in i if r["top_score"] > SCORE})
@@ -113,14 +116,15 @@ class Seeds(Trial):
 
         for r in per_seed:
             if r["kind"] == "grokking":
+                failed = f" (not {', '.join(r['grokking_failed'])})" if r["grokking_failed"] else ""
                 rows.append(["grokking", r["seed"], r["onset"] if r["onset"] is not None else "never", f"memorised at {r['memorised']}",
-                             ", ".join(map(str, r["keys"])) or "none", f"{r['train_loss']:.3g} / {r['test_loss']:.3g}"])
+                             ", ".join(map(str, r["keys"])) or "none", f"{r['train_loss']:.3g} / {r['test_loss']:.3g}", r["grokking_verdict"] + failed])
             else:
                 rows.append(["induction", r["seed"], r["onset"] if r["onset"] is not None else "none", f"{r['head']} ({r['top_score']:.2f})",
-                             "–", f"{r['train_loss']:.3g} / {r['answer_loss']:.3g}"])
+                             "–", f"{r['train_loss']:.3g} / {r['answer_loss']:.3g}", "–"])
         ev.figures.append({
             "kind": "table", "id": "seeds", "main": True, "title": "Per seed: onset step, the mechanism's details, final losses",
-            "columns": ["capability", "seed", "onset step", "induction head / memorised", "key frequencies", "final loss (train / held-out)"],
+            "columns": ["capability", "seed", "onset step", "induction head / memorised", "key frequencies", "final loss (train / held-out)", "grokking trial"],
             "rows": rows,
         })
         for kind, what in (("induction", "start of the repeated-half loss drop"), ("grokking", "first step with test accuracy > 95%")):
@@ -143,7 +147,8 @@ class Seeds(Trial):
         n = ev.numbers
         checks = []
         ig, gg = n["induction_head_seeds"], n["grokked_seeds"]
-        checks.append(Check("a", f"induction head formed in {ig} of {n['induction_seeds']} seeds; grokked in {gg} of {n['grokking_seeds']} seeds",
+        checks.append(Check("a", f"induction head formed in {ig} of {n['induction_seeds']} seeds; grokked in {gg} of {n['grokking_seeds']} seeds "
+                                 f"(every grokking prediction held in {n.get('grokking_trial_held_seeds', '?')})",
                             ig == n["induction_seeds"] and gg == n["grokking_seeds"] and ig > 0 and gg > 0))
         heads = n["induction_heads"]
         checks.append(Check("b", f"top induction heads by seed: {', '.join(heads) or 'none'} ({n['distinct_induction_heads']} distinct)",
