@@ -174,13 +174,13 @@ class Mirage(Trial):
         em_span = [{"from": n["exact_match_rise_from"], "to": n["exact_match_rise_to"], "label": "exact match 10→90%"}]
         ev.figures.append({
             "kind": "lines", "id": "over-steps", "main": True,
-            "title": f"Over training (width {width}): exact match jumps once, late; the metrics with per-digit credit climb from the start, a step per digit",
+            "title": f"Over training (width {width}): exact match jumps late; the metrics with per-digit credit climb earlier, in steps",
             "x_label": "step", "y_label": "score (1 = perfect)",
             "series": [
                 {"label": "exact match", "x": steps, "y": exact.tolist()},
                 {"label": "product of per-digit accuracies", "x": steps, "y": product.tolist()},
                 {"label": f"1 − edit distance / {n1}", "x": steps, "y": (1 - edit / n1).tolist()},
-                {"label": "per-digit probability of the truth, exp(mean log-likelihood)", "x": steps, "y": np.exp(ll).tolist()},
+                {"label": "exp(mean log-likelihood per digit)", "x": steps, "y": np.exp(ll).tolist()},
             ],
             "spans": em_span,
             "caption": EMERGENCE_SENTENCE,
@@ -195,7 +195,7 @@ class Mirage(Trial):
                 {"label": "exact match", "x": xs, "y": [a[0] for a in acc]},
                 {"label": "product of per-digit accuracies", "x": xs, "y": [float(np.prod([m[f"digit{p}_accuracy"] for p in places])) for _, _, m in sizes]},
                 {"label": f"1 − edit distance / {n1}", "x": xs, "y": [a[1] for a in acc]},
-                {"label": "exp(mean log-likelihood)", "x": xs, "y": [a[2] for a in acc]},
+                {"label": "exp(mean log-likelihood per digit)", "x": xs, "y": [a[2] for a in acc]},
             ],
         })
         ev.figures.append({
