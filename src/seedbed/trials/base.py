@@ -77,6 +77,7 @@ class Trial:
     source: ClassVar[str]
     predictions: ClassVar[list[Prediction]]
     observe_every: ClassVar[dict[str, int]] = {"tiny": 10, "small": 25, "full": 100}
+    watch_series: ClassVar[dict[str, tuple[str, float]] | None] = None  # what the live watcher announces (None: its defaults)
 
     def conditions(self, scale: str, seed: int) -> dict[str, Conditions]:
         """The runs to grow, by name; "main" is the run the trial folder is."""
@@ -226,7 +227,7 @@ def grow_one(trial: Trial, scale: str, cond: Conditions, runs_dir: Path, name: s
     resolved, soil = resolve(cond)
     observers = trial.observers(Transformer(resolved.architecture), soil)
     grow(cond, runs_dir=runs_dir, name=name, observers=observers, observe_every=trial.observe_every[scale],
-         listeners=[Watcher(say)], progress=progress, console=console)
+         listeners=[Watcher(say, trial.watch_series)], progress=progress, console=console)
 
 
 def _grow_in_process(trial_name: str, scale: str, cond: dict, runs_dir: str, name: str, threads: int) -> None:

@@ -81,6 +81,7 @@ class Grokking(Trial):
                    f"from the start of the test-loss fall to the end of training it falls by ≥ {NORM_FALL:.0%}"),
     ]
     observe_every = {"tiny": 10, "small": 25, "full": 100}
+    watch_series = {"watch/train_accuracy": ("train accuracy", 0.2), "watch/test_accuracy": ("test accuracy", 0.2)}
 
     # ── conditions ──────────────────────────────────────────────────────────
     def conditions(self, scale: str, seed: int) -> dict[str, Conditions]:

@@ -27,6 +27,7 @@ from seedbed.trials.base import HELD, Check, Evidence, Prediction, Trial, regist
 from seedbed.trials.grokking import GROKKED, Grokking, ModularProgress, grokking_conditions, measure_run
 from seedbed.trials.induction import SCORE, Induction
 from seedbed.watch import default_observers, transition
+from seedbed.watch.live import DEFAULT_SERIES
 from seedbed.watch.observers import weight_norm
 
 N_SEEDS = {"tiny": 2, "small": 5, "full": 10}
@@ -54,6 +55,8 @@ class Seeds(Trial):
         Prediction("d", "the key frequencies of the modular-addition model differ between seeds",
                    f"at least {MIN_DISTINCT_KEYS} different sets of key frequencies across the seeds"),
     ]
+
+    watch_series = {**DEFAULT_SERIES, **Grokking.watch_series}
 
     def __init__(self, n_seeds: int | None = None) -> None:
         self.n_seeds = n_seeds
