@@ -62,6 +62,7 @@ class Mirage(Trial):
     source = ("Wei et al. 2022, Emergent Abilities of Large Language Models (arXiv 2206.07682); "
               "Schaeffer, Miranda & Koyejo 2023, Are Emergent Abilities of Large Language Models a Mirage? (arXiv 2304.15004)")
     observe_every = {"tiny": 10, "small": 50, "full": 100}
+    watch_series = {"watch/exact_match": ("exact match", 0.2), "watch/log_likelihood": ("mean log-likelihood per digit", 0.2)}
     predictions = [
         Prediction("a", "over training, exact match on the whole answer rises abruptly, from near 0",
                    f"its {LO:.0%}→{HI:.0%} rise takes < {STEP_WINDOW:.0%} of training and gains > {STEP_RISE:g}"),
@@ -197,6 +198,9 @@ class Mirage(Trial):
                 {"label": f"1 − edit distance / {n1}", "x": xs, "y": [a[1] for a in acc]},
                 {"label": "exp(mean log-likelihood per digit)", "x": xs, "y": [a[2] for a in acc]},
             ],
+            "caption": ("One run per width, all stopped at the same step. A width that has not yet passed its digits' own transitions "
+                        "scores low on every metric, and when those transitions come varies from run to run, so the per-digit "
+                        "metrics can jump between neighbouring widths as well (prediction d)."),
         })
         ev.figures.append({
             "kind": "lines", "id": "digits", "title": "Each answer digit (by place value; 0 = units) over training: generated accuracy",
