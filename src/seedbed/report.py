@@ -16,6 +16,7 @@ import io
 import json
 import math
 import re
+import textwrap
 import tomllib
 from collections.abc import Collection
 from datetime import datetime
@@ -65,7 +66,8 @@ def draw(spec: dict, titled: bool = False) -> Figure:
     with matplotlib.rc_context(STYLE):
         fig = DRAWERS[kind](spec)
         if titled and spec.get("title"):
-            fig.suptitle(_text(spec["title"]), fontsize=10, fontweight="bold")
+            # wrapped to the figure's width (about ten bold 10-pt characters an inch), never cut off
+            fig.suptitle(textwrap.fill(_text(spec["title"]) or "", max(40, int(fig.get_figwidth() * 10))), fontsize=10, fontweight="bold")
     return fig
 
 
