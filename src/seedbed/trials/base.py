@@ -133,6 +133,7 @@ def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None =
 
     `n_seeds` is for trials that grow several seeds (the `seeds` trial); others refuse it.
     """
+    from seedbed.grow import Interrupted
     from seedbed.report import write_report
 
     console = console or Console()
@@ -180,11 +181,20 @@ def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None =
     if workers > 1:
         say(f"growing {len(others)} runs in {workers} processes: {', '.join(k for k, _ in others)}")
         threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            jobs = {pool.submit(_grow_in_process, name, scale, c.model_dump(mode="json"), str(out), k, threads): k for k, c in others}
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        jobs = {pool.submit(_grow_in_process, name, scale, c.model_dump(mode="json"), str(out), k, threads): k for k, c in others}
+        try:
             for job in as_completed(jobs):
                 job.result()  # a worker's failure is this trial's failure
                 say(f"grew {jobs[job]}")
+        except (KeyboardInterrupt, Interrupted):  # Ctrl-C reaches the workers too: each saves a checkpoint and stops
+            pool.shutdown(wait=True, cancel_futures=True)
+            say(f"[yellow]interrupted: the runs under {out} saved checkpoints; continue one with: seedbed grow --resume {out}/RUN")
+            raise Interrupted() from None
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     else:
         for k, c in others:
             say(f"growing {k}: {out / k}")
