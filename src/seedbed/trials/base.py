@@ -33,6 +33,7 @@ from seedbed.files import write_atomic
 from seedbed.run import Run
 
 SCALES = ("tiny", "small", "full")
+STOPPING = ".stopping"  # in a trial's folder while Ctrl-C stops its worker processes
 HELD, NOT_HELD, INCONCLUSIVE = "held", "did not hold", "inconclusive"
 
 
@@ -188,7 +189,9 @@ def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None =
                 job.result()  # a worker's failure is this trial's failure
                 say(f"grew {jobs[job]}")
         except (KeyboardInterrupt, Interrupted):  # Ctrl-C reaches the workers too: each saves a checkpoint and stops
+            (out / STOPPING).touch()  # a run already handed to a worker must not start after all
             pool.shutdown(wait=True, cancel_futures=True)
+            (out / STOPPING).unlink(missing_ok=True)
             say(f"[yellow]interrupted: the runs under {out} saved checkpoints; continue one with: seedbed grow --resume {out}/RUN")
             raise Interrupted() from None
         except BaseException:
@@ -246,6 +249,8 @@ def _grow_in_process(trial_name: str, scale: str, cond: dict, runs_dir: str, nam
 
     from seedbed.conditions import parse
 
+    if (Path(runs_dir) / STOPPING).exists():
+        return
     torch.set_num_threads(threads)
     console = Console()
     say = lambda m: console.print(f"[dim]{name}:[/] {m}", soft_wrap=True, highlight=False)  # noqa: E731
