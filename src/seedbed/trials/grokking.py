@@ -159,7 +159,7 @@ def grokking_conditions(scale: str, seed: int) -> dict:
     if scale == "small":  # ≤ 10 min on 2 cores with a plateau: chosen by pilot runs (docs/trials.md)
         soil.update(train_fraction=0.35)
         opt.update(lr=2e-3, weight_decay=1.5)
-        steps, every = 2_500, 50
+        steps, every = 2_000, 50
     elif scale == "tiny":  # seconds, for the tests: a small prime
         soil.update(p=23, train_fraction=0.5)
         opt.update(lr=3e-3, weight_decay=1.0)
