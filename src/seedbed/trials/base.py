@@ -17,8 +17,9 @@ import json
 import multiprocessing
 import os
 import platform
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import signal
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -134,7 +135,6 @@ def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None =
 
     `n_seeds` is for trials that grow several seeds (the `seeds` trial); others refuse it.
     """
-    from seedbed.grow import Interrupted
     from seedbed.report import write_report
 
     console = console or Console()
@@ -180,24 +180,7 @@ def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None =
     others = [(k, c) for k, c in runs.items() if k != "main"]
     workers = min(trial.workers(), len(others))
     if workers > 1:
-        say(f"growing {len(others)} runs in {workers} processes: {', '.join(k for k, _ in others)}")
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        jobs = {pool.submit(_grow_in_process, name, scale, c.model_dump(mode="json"), str(out), k, threads): k for k, c in others}
-        try:
-            for job in as_completed(jobs):
-                job.result()  # a worker's failure is this trial's failure
-                say(f"grew {jobs[job]}")
-        except (KeyboardInterrupt, Interrupted):  # Ctrl-C reaches the workers too: each saves a checkpoint and stops
-            (out / STOPPING).touch()  # a run already handed to a worker must not start after all
-            pool.shutdown(wait=True, cancel_futures=True)
-            (out / STOPPING).unlink(missing_ok=True)
-            say(f"[yellow]interrupted: the runs under {out} saved checkpoints; continue one with: seedbed grow --resume {out}/RUN")
-            raise Interrupted() from None
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown()
+        _grow_in_parallel(name, scale, others, out, workers, say)
     else:
         for k, c in others:
             say(f"growing {k}: {out / k}")
@@ -241,6 +224,49 @@ def grow_one(trial: Trial, scale: str, cond: Conditions, runs_dir: Path, name: s
     observers = trial.observers(Transformer(resolved.architecture), soil)
     grow(cond, runs_dir=runs_dir, name=name, observers=observers, observe_every=trial.observe_every[scale],
          listeners=[Watcher(say, trial.watch_series)], progress=progress, console=console)
+
+
+class _Terminated(Exception):
+    """SIGTERM reached the trial's process (and not, as Ctrl-C does, its workers)."""
+
+
+def _grow_in_parallel(name: str, scale: str, runs: list[tuple[str, Conditions]], out: Path, workers: int, say) -> None:  # noqa: ANN001
+    """Grow `runs` inside the trial's folder, `workers` processes at a time, each with its share of the cores.
+
+    Stopping: Ctrl-C reaches every worker (one process group), whose growth saves a
+    checkpoint and stops; SIGTERM to the trial is passed on to the workers, which do the same.
+    Runs not yet started are dropped. A worker's error is the trial's error.
+    """
+    from seedbed.grow import Interrupted
+
+    say(f"growing {len(runs)} runs in {workers} processes: {', '.join(k for k, _ in runs)}")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    jobs = {pool.submit(_grow_in_process, name, scale, c.model_dump(mode="json"), str(out), k, threads): k for k, c in runs}
+
+    def terminated(signum, frame):  # noqa: ARG001
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        for job in as_completed(jobs):
+            job.result()
+            say(f"grew {jobs[job]}")
+    except (KeyboardInterrupt, Interrupted, _Terminated) as why:
+        (out / STOPPING).touch()  # a run already handed to a worker must not start after all
+        if isinstance(why, _Terminated):
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()  # SIGTERM: the worker's growth saves a checkpoint and stops
+        pool.shutdown(wait=True, cancel_futures=True)
+        (out / STOPPING).unlink(missing_ok=True)
+        say(f"[yellow]interrupted: the runs under {out} saved checkpoints; continue one with: seedbed grow --resume {out}/RUN")
+        raise Interrupted() from None
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    pool.shutdown()
 
 
 def _grow_in_process(trial_name: str, scale: str, cond: dict, runs_dir: str, name: str, threads: int) -> None:
