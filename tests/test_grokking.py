@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import cli
+
 from seedbed.conditions import ModularArithmetic, parse
 from seedbed.model import Transformer
 from seedbed.soil import resolve

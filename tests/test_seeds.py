@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import cli
+
 from seedbed.errors import SeedbedError
 from seedbed.trials import run_trial
 from seedbed.trials.base import Evidence
@@ -59,7 +59,7 @@ def test_too_few_onsets_is_inconclusive():
 def test_seeds_conditions_differ_only_in_the_seed():
     runs = Seeds(n_seeds=3).conditions("small", seed=7)
     assert list(runs) == ["main", "grokking-seed8", "grokking-seed9", "induction-seed7", "induction-seed8", "induction-seed9"]
-    strip = lambda c: c.model_dump(exclude={"seed"})  # noqa: E731
+    strip = lambda c: c.model_dump(exclude={"seed"})
     assert strip(runs["main"]) == strip(runs["grokking-seed9"]) and runs["main"].seed == 7
     assert strip(runs["induction-seed7"]) == strip(runs["induction-seed9"]) and runs["induction-seed9"].seed == 9
 

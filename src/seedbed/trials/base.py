@@ -111,7 +111,7 @@ def register(cls: type[Trial]) -> type[Trial]:
 
 
 def get(name: str) -> Trial:
-    import seedbed.trials  # noqa: F401  (importing the package registers every trial)
+    import seedbed.trials
 
     if name not in REGISTRY:
         raise SeedbedError(f"no trial named '{name}': the trials are {', '.join(sorted(REGISTRY))} (seedbed trials lists them)")
@@ -153,7 +153,7 @@ def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None =
     if out.exists():
         raise SeedbedError(f"'{out}' already exists: choose another --out, or leave --out out to get a fresh name")
     runs = trial.conditions(scale, seed)
-    say = lambda m: console.print(m, soft_wrap=True, highlight=False)  # noqa: E731
+    say = lambda m: console.print(m, soft_wrap=True, highlight=False)
 
     t0 = time.perf_counter()
     result: dict[str, Any] = {
@@ -213,7 +213,7 @@ def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None =
     return out
 
 
-def grow_one(trial: Trial, scale: str, cond: Conditions, runs_dir: Path, name: str, say, progress: bool, console: Console | None) -> None:  # noqa: ANN001
+def grow_one(trial: Trial, scale: str, cond: Conditions, runs_dir: Path, name: str, say, progress: bool, console: Console | None) -> None:
     """Grow one of a trial's runs with the trial's observers and the live watcher."""
     from seedbed.grow import grow
     from seedbed.model import Transformer
@@ -230,7 +230,7 @@ class _Terminated(Exception):
     """SIGTERM reached the trial's process (and not, as Ctrl-C does, its workers)."""
 
 
-def _grow_in_parallel(name: str, scale: str, runs: list[tuple[str, Conditions]], out: Path, workers: int, say) -> None:  # noqa: ANN001
+def _grow_in_parallel(name: str, scale: str, runs: list[tuple[str, Conditions]], out: Path, workers: int, say) -> None:
     """Grow `runs` inside the trial's folder, `workers` processes at a time, each with its share of the cores.
 
     Stopping: Ctrl-C reaches every worker (one process group), whose growth saves a
@@ -244,7 +244,7 @@ def _grow_in_parallel(name: str, scale: str, runs: list[tuple[str, Conditions]],
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     jobs = {pool.submit(_grow_in_process, name, scale, c.model_dump(mode="json"), str(out), k, threads): k for k, c in runs}
 
-    def terminated(signum, frame):  # noqa: ARG001
+    def terminated(signum, frame):
         raise _Terminated
 
     previous = signal.signal(signal.SIGTERM, terminated)
@@ -279,7 +279,7 @@ def _grow_in_process(trial_name: str, scale: str, cond: dict, runs_dir: str, nam
         return
     torch.set_num_threads(threads)
     console = Console()
-    say = lambda m: console.print(f"[dim]{name}:[/] {m}", soft_wrap=True, highlight=False)  # noqa: E731
+    say = lambda m: console.print(f"[dim]{name}:[/] {m}", soft_wrap=True, highlight=False)
     grow_one(get(trial_name), scale, parse(cond), Path(runs_dir), name, say, False, console)
 
 

@@ -87,17 +87,12 @@ class Grokking(Trial):
     def conditions(self, scale: str, seed: int) -> dict[str, Conditions]:
         return {"main": parse(grokking_conditions(scale, seed))}
 
-    def observers(self, model: nn.Module, soil) -> list:  # noqa: ANN001
+    def observers(self, model: nn.Module, soil) -> list:
         return [ModularProgress(soil), weight_norm]
 
     # ── measurements ────────────────────────────────────────────────────────
     def measure(self, path: Path) -> Evidence:
-        ev = Evidence()
-        n = ev.numbers
-        m = measure_run(path)
-        n.update(m.numbers)
-        ev.figures.extend(m.figures)
-        return ev
+        return measure_run(path)
 
     # ── the verdict, from the predictions and the evidence only ─────────────
     def judge(self, ev: Evidence) -> list[Check]:
@@ -185,12 +180,12 @@ class ModularProgress:
     non-constant norm at frequency NNN).
     """
 
-    def __init__(self, soil) -> None:  # noqa: ANN001
+    def __init__(self, soil) -> None:
         self.p = soil.s.p
         self.inputs, self.answers, self.is_train = all_pairs(soil)
 
     @torch.no_grad()
-    def __call__(self, model: nn.Module, step: int) -> dict[str, float]:  # noqa: ARG002
+    def __call__(self, model: nn.Module, step: int) -> dict[str, float]:
         logits = answer_logits(model, self.inputs, self.p)
         out: dict[str, float] = {}
         for split, rows in (("train", self.is_train), ("test", ~self.is_train)):
@@ -201,7 +196,7 @@ class ModularProgress:
         return out
 
 
-def all_pairs(soil) -> tuple[Tensor, Tensor, Tensor]:  # noqa: ANN001
+def all_pairs(soil) -> tuple[Tensor, Tensor, Tensor]:
     """Every (a, b) in a-major order as model inputs `a b =`, the answers, and which pairs are in the train split."""
     p = soil.s.p
     a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
@@ -257,25 +252,17 @@ def restricted_and_excluded(logits: Tensor, p: int, keys: list[int]) -> tuple[Te
 
 
 # ── measuring a finished run ─────────────────────────────────────────────────
-class Measured:
-    """What `measure_run` found: the numbers and the figures of one grokking run."""
-
-    def __init__(self) -> None:
-        self.numbers: dict = {}
-        self.figures: list[dict] = []
-
-
-def measure_run(path: Path) -> Measured:
+def measure_run(path: Path) -> Evidence:
     """Memorisation, plateau, grokking, key frequencies and the progress measures of one run."""
-    m = Measured()
+    m = Evidence()
     n = m.numbers
     run = Run.open(path, readonly=True)
     steps = run.conditions.schedule.steps
+    n["seed"] = run.conditions.seed
     series = {name: run.metric(name) for name in ("watch/train_accuracy", "watch/test_accuracy", "watch/train_loss", "watch/test_loss", "watch/weight_norm")}
     fourier_names = sorted(name for name in run.metric_names() if name.startswith("watch/fourier/"))
     fourier = {name: run.metric(name) for name in fourier_names}
     run.close()
-    xs = [s for s, _ in series["watch/test_accuracy"]]
     at = {name: dict(pts) for name, pts in series.items()}
     n["steps"] = steps
 
@@ -329,7 +316,7 @@ def measure_run(path: Path) -> Measured:
     spans = []
     if mem is not None:
         spans.append({"from": mem, "to": n["left_chance_step"] or steps, "label": "plateau"})
-    line = lambda label, pts: {"label": label, "x": [s for s, _ in pts], "y": [max(v, 1e-12) for _, v in pts]}  # noqa: E731
+    line = lambda label, pts: {"label": label, "x": [s for s, _ in pts], "y": [max(v, 1e-12) for _, v in pts]}
     m.figures.append({
         "kind": "lines", "id": "loss", "main": True, "log_y": True, "title": "Train and test loss (log scale): memorisation, plateau, grokking",
         "x_label": "step", "y_label": "nats", "series": [line("train loss", progress["train"]), line("test loss", progress["test"])], "spans": spans,
@@ -362,11 +349,10 @@ def measure_run(path: Path) -> Measured:
             "x_labels": [str(s) for s, _ in next(iter(fourier.values()))], "y_labels": [name.rsplit("/k", 1)[1].lstrip("0") for name in fourier_names],
             "values": [[v for _, v in pts] for pts in fourier.values()], "x_label": "step", "y_label": "frequency",
         })
-    m.numbers["observed_steps"] = len(xs)
     return m
 
 
-def first(points: list[tuple[int, float]], test, after: int = 0) -> int | None:  # noqa: ANN001
+def first(points: list[tuple[int, float]], test, after: int = 0) -> int | None:
     """The first step at or after `after` whose value passes `test`."""
     return next((s for s, v in points if s >= after and test(v)), None)
 

@@ -23,8 +23,22 @@ from seedbed.conditions import Conditions, parse
 from seedbed.read import load
 from seedbed.read.scores import pattern_scores
 from seedbed.run import Run
-from seedbed.trials.base import HELD, Check, Evidence, Prediction, Trial, register, verdict
-from seedbed.trials.grokking import GROKKED, Grokking, ModularProgress, grokking_conditions, measure_run
+from seedbed.trials.base import (
+    HELD,
+    Check,
+    Evidence,
+    Prediction,
+    Trial,
+    register,
+    verdict,
+)
+from seedbed.trials.grokking import (
+    GROKKED,
+    Grokking,
+    ModularProgress,
+    grokking_conditions,
+    measure_run,
+)
 from seedbed.trials.induction import SCORE, Induction
 from seedbed.watch import default_observers, transition
 from seedbed.watch.live import DEFAULT_SERIES
@@ -76,7 +90,7 @@ class Seeds(Trial):
     def workers(self) -> int:
         return max(2, min(os.cpu_count() or 1, 8))  # both cores on a laptop; at most 8
 
-    def observers(self, model, soil) -> list:  # noqa: ANN001
+    def observers(self, model, soil) -> list:
         if soil.name == "modular-arithmetic":
             return [ModularProgress(soil), weight_norm]
         return default_observers(model, soil)
@@ -90,9 +104,7 @@ class Seeds(Trial):
         rows, per_seed = [], []
         for p in grokking:
             m = measure_run(p).numbers
-            seed = Run.open(p, readonly=True)
-            s = seed.conditions.seed
-            seed.close()
+            s = m["seed"]
             checks = Grokking().judge(Evidence(numbers=m))  # the grokking trial's own predictions, on this seed
             per_seed.append({"kind": "grokking", "seed": s, "onset": m["grokked_step"], "keys": m["key_frequencies"],
                              "grokked": m["grokked_step"] is not None, "test_loss": m["test_loss_final"], "train_loss": m["train_loss_final"],
