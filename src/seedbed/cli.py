@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from seedbed.errors import SeedbedError
+from seedbed.threads import settle_process
 
 try:  # typer >= 0.20 vendors click; older typers use click itself
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
@@ -226,6 +227,7 @@ def report(run: Path = typer.Argument(..., help="a trial's folder or any run fol
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
+    settle_process()  # before torch loads: OpenMP threads that sleep when idle, as many as the usable cores
     try:
         code = app(args=argv, standalone_mode=False)  # returns the code of a typer.Exit
         if isinstance(code, int) and code:

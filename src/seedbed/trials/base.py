@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import platform
 import signal
 import time
@@ -32,6 +31,7 @@ from seedbed.conditions import Conditions, package_versions
 from seedbed.errors import SeedbedError
 from seedbed.files import write_atomic
 from seedbed.run import Run
+from seedbed.threads import threads_for
 
 SCALES = ("tiny", "small", "full")
 STOPPING = ".stopping"  # in a trial's folder while Ctrl-C stops its worker processes
@@ -240,7 +240,7 @@ def _grow_in_parallel(name: str, scale: str, runs: list[tuple[str, Conditions]],
     from seedbed.grow import Interrupted
 
     say(f"growing {len(runs)} runs in {workers} processes: {', '.join(k for k, _ in runs)}")
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads_for(workers)  # the usable cores (affinity, cgroup quota), shared evenly
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     jobs = {pool.submit(_grow_in_process, name, scale, c.model_dump(mode="json"), str(out), k, threads): k for k, c in runs}
 
