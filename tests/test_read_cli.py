@@ -60,3 +60,27 @@ def test_read_on_a_context_too_short_for_the_scores(tmp_path: Path) -> None:
     r = cli("read", str(tmp_path / "short"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "not measurable: n_ctx=2" in r.stdout and "copying" in r.stdout
+
+
+def test_read_never_overwrites_pictures_of_an_earlier_read(run: Path, tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "L0H0.png").write_bytes(b"mine")
+    r = cli("read", str(run), "--out", str(taken), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--out" in r.stderr and "Traceback" not in r.stderr
+    assert (taken / "L0H0.png").read_bytes() == b"mine"
+    first = cli("read", str(run), "--step", "10", cwd=tmp_path)
+    second = cli("read", str(run), "--step", "10", cwd=tmp_path)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert list((run / "read" / "step-000010").glob("*.png")) and list((run / "read" / "step-000010-2").glob("*.png"))
+    assert str(run / "read" / "step-000010-2") in second.stdout
+
+
+def test_read_does_not_follow_a_linked_read_folder_out_of_the_run(tmp_path: Path) -> None:
+    grow(tiny(schedule={"steps": 2}), runs_dir=tmp_path, name="linked", progress=False)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "linked" / "read").symlink_to(outside)
+    r = cli("read", str(tmp_path / "linked"), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a plain folder" in r.stderr
+    assert not any(outside.iterdir())

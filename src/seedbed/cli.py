@@ -105,13 +105,15 @@ def _run_row(path: Path) -> list[str]:
 def read(
     run: Path = typer.Argument(..., help="the run folder, e.g. runs/NAME"),
     step: Optional[int] = typer.Option(None, "--step", help="the checkpoint to read (default: the newest)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="where to write the pictures (default: RUN/read/step-N)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="a new or empty folder for the pictures (default: RUN/read/step-N, numbered if taken)"),
     seed: int = typer.Option(0, "--seed", help="seed of the random sequences the scores are measured on"),
 ) -> None:
     """Score every attention head of RUN, name the ones that stand out, and draw their patterns."""
     from seedbed.read.load import load
     from seedbed.read.summary import THRESHOLDS, draw_patterns, pictured_heads, read_heads, standout_lines
 
+    if out is not None:
+        _check_new_or_empty(out)
     grown = load(run, step)
     reading = read_heads(grown, seed=seed)
     names = list(reading.scores)
@@ -137,9 +139,25 @@ def read(
         console.print("no head passes a threshold: nothing stands out at this step", markup=False)
     for c in reading.compositions:
         console.print(f"strongest {c}", soft_wrap=True, markup=False)
-    folder = out or grown.run / "read" / f"step-{grown.step:06d}"
+    folder = out or _free_folder(grown.run / "read", f"step-{grown.step:06d}" + (f"-seed{seed}" if seed else ""))
     paths = draw_patterns(grown, pictured_heads(reading), folder, seed=seed)
     console.print(f"attention patterns: {', '.join(str(p) for p in paths) or 'none (no head could be scored)'}", soft_wrap=True, markup=False)
+
+
+def _check_new_or_empty(out: Path) -> None:
+    """`--out` may be new or an empty folder: pictures of an earlier read are never overwritten."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SeedbedError(f"--out '{out}' already exists and is not an empty folder: choose a new --out, or leave it out")
+
+
+def _free_folder(parent: Path, name: str) -> Path:
+    """parent/name, or parent/name-2, -3 … if an earlier read is there; never outside the run (`read/` may be a link)."""
+    if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
+        raise SeedbedError(f"'{parent}' is not a plain folder of the run: remove it, or give --out")
+    folder, n = parent / name, 2
+    while folder.exists() or folder.is_symlink():
+        folder, n = parent / f"{name}-{n}", n + 1
+    return folder
 
 
 def _held_out_loss(run: Path, step: int) -> str:
@@ -148,7 +166,7 @@ def _held_out_loss(run: Path, step: int) -> str:
 
     r = Run.open(run, readonly=True)
     try:
-        logged = [(s, v) for s, v in r.metric("eval/loss") if s <= step]
+        logged = [(s, v) for s, v in r.metric("eval/loss") if s <= step and v is not None]  # NaN is stored as NULL
     finally:
         r.close()
     if not logged:
