@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from seedbed import contained
 from seedbed.files import write_atomic
 from seedbed.run import CheckpointRecord, Run
 
@@ -82,37 +85,71 @@ class Loaded:
 
 
 class CorruptCheckpoint(Exception):
-    """A checkpoint whose bytes do not match its recorded hash (or is missing)."""
+    """A checkpoint that cannot be trusted: missing, outside its run, not a regular file, too large,
+    not matching its recorded hash, or not decodable."""
+
+
+# The largest checkpoint file read into memory: a file larger than the machine's memory cannot be loaded,
+# and a link to /dev/zero or a sparse file must not be tried.
+def max_checkpoint_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 64 * 2**30
+
+
+STATE_KEYS = ("step", "optimizer", "rng", "cuda_rng")  # what resuming reads from a state file
 
 
 def load(run: Run, rec: CheckpointRecord, with_state: bool = True) -> Loaded:
-    """Read a checkpoint, refusing it if any hash does not match."""
-    wfile = run.path / rec.file
+    """Read a checkpoint, refusing it (CorruptCheckpoint) unless every byte is inside the run and vouched for."""
     try:
-        data = wfile.read_bytes()
-    except FileNotFoundError:
-        raise CorruptCheckpoint(f"{rec.file} is missing") from None
+        wfile = contained.inside(run.path, rec.file)
+    except contained.Unsafe as why:
+        raise CorruptCheckpoint(str(why)) from None
+    data = _read(run, wfile, max_checkpoint_bytes())
     if hashlib.sha256(data).hexdigest() != rec.sha256:
         raise CorruptCheckpoint(f"{rec.file} does not match its recorded sha256")
-    weights = st_load(data)
+    try:
+        weights = st_load(data)
+        expected = safetensors_metadata(data).get("state_sha256")
+    except Exception as err:  # noqa: BLE001 — whatever the parser says, the file is not a checkpoint we wrote
+        raise CorruptCheckpoint(f"{rec.file} is not a readable safetensors file ({type(err).__name__})") from None
     state = None
     if with_state:
         sfile = wfile.with_name(wfile.name.removesuffix(".safetensors") + ".state.pt")
-        expected = safetensors_metadata(data).get("state_sha256")
-        try:
-            sdata = sfile.read_bytes()
-        except FileNotFoundError:
-            raise CorruptCheckpoint(f"{sfile.relative_to(run.path)} is missing") from None
+        srel = sfile.relative_to(run.path)
+        # optimiser moments are twice the weights; RNG states and step counts add a little
+        sdata = _read(run, sfile, 4 * len(data) + 2**26)
         if hashlib.sha256(sdata).hexdigest() != expected:
-            raise CorruptCheckpoint(f"{sfile.relative_to(run.path)} does not match the hash in its weights file")
-        state = torch.load(io.BytesIO(sdata), weights_only=True)
+            raise CorruptCheckpoint(f"{srel} does not match the hash in its weights file")
+        try:
+            state = torch.load(io.BytesIO(sdata), weights_only=True)
+        except Exception as err:  # noqa: BLE001 — a poisoned pickle or a broken archive: refused, never unpickled further
+            raise CorruptCheckpoint(f"{srel} cannot be decoded as a resume state ({type(err).__name__})") from None
+        if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
+            raise CorruptCheckpoint(f"{srel} does not hold a resume state (the keys {', '.join(STATE_KEYS)})")
     return Loaded(rec, weights, state)
+
+
+def _read(run: Run, path: Path, max_bytes: int) -> bytes:
+    """A checkpoint file's bytes: a regular file, not a link, no larger than `max_bytes`."""
+    rel = path.relative_to(run.path)
+    try:
+        return contained.open_regular(path, max_bytes)
+    except FileNotFoundError:
+        raise CorruptCheckpoint(f"{rel} is missing") from None
+    except contained.Unsafe as why:
+        raise CorruptCheckpoint(str(why)) from None
+    except OSError as err:
+        raise CorruptCheckpoint(f"{rel} cannot be read ({err.strerror or err})") from None
 
 
 def safetensors_metadata(data: bytes) -> dict[str, str]:
     """The `__metadata__` of a safetensors file (an 8-byte length, then a JSON header)."""
     n = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + n]).get("__metadata__", {})
+    meta = json.loads(data[8 : 8 + n]).get("__metadata__", {})
+    return meta if isinstance(meta, dict) else {}
 
 
 def load_into(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
@@ -133,8 +170,15 @@ def newest_valid(run: Run, with_state: bool = True, say=print) -> Loaded | None:
         except CorruptCheckpoint as why:
             say(f"checkpoint at step {rec.step} is corrupt ({why}): falling back to the previous one")
             run.log_event(rec.step, "corrupt-checkpoint", str(why))
-            for f in (run.path / rec.file).parent.glob(f"step-{rec.step:06d}.*"):
-                if not f.name.endswith(".corrupt"):
-                    f.rename(f.with_name(f.name + ".corrupt"))
+            set_aside(run, rec.step)
             run.forget_checkpoint(rec.step)
     return None
+
+
+def set_aside(run: Run, step: int) -> None:
+    """Rename the files of the checkpoint at `step` to `*.corrupt`: in checkpoints/ only, whatever run.sqlite says."""
+    prefix = f"step-{int(step):06d}."
+    with contained.folder(run.path, "checkpoints") as fd:
+        for name in os.listdir(fd):
+            if name.startswith(prefix) and not name.endswith(".corrupt") and not contained.is_dir_in(fd, name):
+                os.rename(name, name + ".corrupt", src_dir_fd=fd, dst_dir_fd=fd)  # a link is renamed, not followed

@@ -15,6 +15,7 @@ import html
 import io
 import json
 import math
+import os
 import re
 import textwrap
 import tomllib
@@ -29,6 +30,7 @@ import tomli_w
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from seedbed import contained
 from seedbed.errors import SeedbedError
 from seedbed.files import write_atomic
 from seedbed.run import Run
@@ -521,6 +523,15 @@ def run_result(run_path: Path) -> dict:
 
 
 # ── writing ──────────────────────────────────────────────────────────────────
+# the type of each field of trial.json that the page reads (null is allowed for all: a trial not yet judged)
+RESULT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    **dict.fromkeys(("trial", "run", "verdict", "why", "claim", "source", "scale", "finished", "prediction_written"), str),
+    **dict.fromkeys(("evidence", "observer_cost", "versions", "conditions", "runs"), dict),
+    **dict.fromkeys(("figures", "predictions", "events", "emergences"), list),
+    "wall_seconds": (int, float),
+}
+
+
 def read_result(run_path: Path) -> dict:
     """The trial's result if there is one, else the run's own; every user mistake a one-line SeedbedError."""
     run_path = Path(run_path)
@@ -529,13 +540,28 @@ def read_result(run_path: Path) -> dict:
     if not run_path.is_dir():
         raise SeedbedError(f"'{run_path}' is not a folder: give a run folder such as runs/NAME")
     trial = run_path / "trial.json"
-    if trial.is_file():
+    if os.path.lexists(trial):
+        fix = "run the trial again to rewrite it"
         try:
-            result = json.loads(trial.read_text(encoding="utf-8"))
+            result = json.loads(contained.open_regular(trial, contained.JSON_MAX_BYTES))
+        except contained.Unsafe as err:
+            raise SeedbedError(f"{err}: {fix}") from None
         except (ValueError, UnicodeDecodeError) as err:
-            raise SeedbedError(f"'{trial}' is not valid JSON ({err}): run the trial again to rewrite it") from None
+            raise SeedbedError(f"'{trial}' is not valid JSON ({err}): {fix}") from None
         if not isinstance(result, dict):
-            raise SeedbedError(f"'{trial}' does not hold a trial result (a JSON object): run the trial again to rewrite it")
+            raise SeedbedError(f"'{trial}' does not hold a trial result (a JSON object): {fix}")
+        for key, kind in RESULT_FIELDS.items():
+            value = result.get(key)
+            if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+                raise SeedbedError(f"'{trial}' has a malformed field {key!r} ({type(value).__name__}): {fix}")
+        malformed = (
+            ("figures", lambda f: isinstance(f, dict)),
+            ("predictions", lambda p: isinstance(p, dict)),
+            ("events", lambda e: isinstance(e, list) and len(e) == 3),
+        )
+        for key, ok in malformed:
+            if not all(ok(item) for item in result.get(key) or []):
+                raise SeedbedError(f"'{trial}' has a malformed entry in {key!r}: {fix}")
         return result
     if (run_path / "run.sqlite").is_file():
         return run_result(run_path)

@@ -12,16 +12,22 @@ Paths inside run.sqlite are relative, so the folder can be zipped and opened els
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import sqlite3
+import stat
+import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from seedbed import conditions as conditions_module
+from seedbed import contained
 from seedbed.conditions import Conditions
 from seedbed.errors import SeedbedError
 
@@ -31,7 +37,11 @@ CREATE INDEX IF NOT EXISTS metrics_name_step ON metrics (name, step);
 CREATE TABLE IF NOT EXISTS checkpoints (step INTEGER PRIMARY KEY, file TEXT NOT NULL, sha256 TEXT NOT NULL, tokens_seen INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS events (step INTEGER NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL, time REAL);
 """
-NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+NAME_OK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: `$` would let a final newline through
+# what a run folder may hold, and of which kind: anything else there is refused (a link, a FIFO, a file for a folder)
+RUN_FILES = {"run.sqlite": "file", "conditions.toml": "file", "artifacts.json": "file", "checkpoints": "dir",
+             "run.sqlite-journal": "file", "run.sqlite-wal": "file", "run.sqlite-shm": "file", "run.lock": "file"}
+LIFE_EVENTS = ("start", "resume", "done", "interrupted", "diverged")  # the events of growth's own life
 
 
 @dataclass(frozen=True)
@@ -47,24 +57,62 @@ class Run:
 
     def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.check_files(self.path)
+        self._created_lock: RunLock | None = None  # held from creation until the grower's RunLock takes it over
+        index = self.path / "run.sqlite"
         try:
             if readonly:  # other ranks, and readers, never take the write lock
-                self.db = sqlite3.connect(f"file:{self.path / 'run.sqlite'}?mode=ro", uri=True, timeout=30)
+                _roll_back_hot_journal(index)
+                self.db = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=30)
                 self.db.execute("SELECT 1 FROM checkpoints LIMIT 1")
             else:
-                self.db = sqlite3.connect(self.path / "run.sqlite", timeout=30)
-                self.db.executescript(SCHEMA)
+                self.db = sqlite3.connect(index, timeout=30)
         except sqlite3.DatabaseError as err:
-            raise SeedbedError(f"'{self.path / 'run.sqlite'}' is not a readable run index ({err}): restore it from a copy") from None
+            if (self.path / "run.sqlite-journal").exists() and not os.access(self.path, os.W_OK):
+                raise SeedbedError(
+                    f"'{index}' has an unfinished write (run.sqlite-journal) that only a writable folder can undo: "
+                    "copy the run folder somewhere writable and open the copy"
+                ) from None
+            raise SeedbedError(f"'{index}' is not a readable run index ({err}): restore it from a copy") from None
+        if not readonly:
+            try:
+                with self._writing():
+                    self.db.executescript(SCHEMA)
+            except sqlite3.DatabaseError as err:
+                raise SeedbedError(f"'{index}' is not a readable run index ({err}): restore it from a copy") from None
+
+    @staticmethod
+    def check_files(path: Path) -> None:
+        """Refuse a run whose own files are links or of the wrong kind (a `checkpoints` link, a FIFO for run.sqlite)."""
+        for name, kind in RUN_FILES.items():
+            contained.check_kind(Path(path) / name, kind)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn a failed write to run.sqlite (a full disk, above all) into one line naming the file and the free space."""
+        try:
+            yield
+        except sqlite3.OperationalError as err:
+            index = self.path / "run.sqlite"
+            if "full" in str(err) or "disk" in str(err):
+                raise SeedbedError(
+                    f"cannot write '{index}': {err} ({contained.free_space(self.path)} free on its disk): "
+                    f"free some space, then continue with seedbed grow --resume {self.path}"
+                ) from None
+            raise SeedbedError(f"cannot write '{index}': {err}: check that its folder is writable and no other program holds it") from None
 
     # ── creating and opening ────────────────────────────────────────────────
     @staticmethod
     def check_new(runs_dir: Path, name: str) -> Path:
-        """The folder a new run would take; an error if the name is bad or taken."""
-        if not NAME_OK.match(name):
+        """The folder a new run would take; an error if the name is bad or taken.
+
+        A folder left by a run that died before its first checkpoint (nothing recorded, nobody
+        growing it) does not take the name: `create` replaces it.
+        """
+        if not isinstance(name, str) or not NAME_OK.fullmatch(name):
             raise SeedbedError(f"run name {name!r} is not allowed: use letters, digits, '.', '_' or '-'")
         path = Path(runs_dir) / name
-        if path.exists():
+        if os.path.lexists(path) and not _empty_dead_run(path):
             raise SeedbedError(
                 f"run '{path}' already exists: choose another with --name, or continue it with seedbed grow --resume {path}"
             )
@@ -72,16 +120,43 @@ class Run:
 
     @classmethod
     def create(cls, runs_dir: Path, name: str, conditions: Conditions, artifacts: dict[str, Any]) -> "Run":
+        """Make the run folder whole under a hidden name, then rename it into place: a failed start leaves nothing.
+
+        The new run's lock is taken before it appears and held until this process's `RunLock.acquire()`
+        takes it over (or the run is closed), so nobody can mistake it for a dead run meanwhile.
+        """
         path = cls.check_new(runs_dir, name)
-        (path / "checkpoints").mkdir(parents=True)
-        conditions.save(path / "conditions.toml")
-        (path / "artifacts.json").write_text(json.dumps(artifacts))
-        return cls(path)
+        runs_dir = Path(runs_dir)
+        try:
+            runs_dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=runs_dir, prefix=f".{name}.", suffix=".new"))
+        except OSError as err:
+            raise SeedbedError(f"cannot create a run in '{runs_dir}': {err.strerror or err}: check the path, its permissions and free space") from None
+        lock = RunLock(tmp)
+        try:
+            (tmp / "checkpoints").mkdir()
+            conditions.save(tmp / "conditions.toml")
+            (tmp / "artifacts.json").write_text(json.dumps(artifacts))
+            cls(tmp).close()  # the index, with its tables
+            lock.acquire()
+            _publish(tmp, path)
+        except BaseException as err:
+            lock.release()
+            contained.remove_tree(runs_dir, tmp.name)
+            if isinstance(err, OSError):
+                raise SeedbedError(f"cannot create '{path}': {err.strerror or err} ({contained.free_space(runs_dir)} free on its disk): check the folder, its permissions and free space") from None
+            raise
+        lock.file = path / "run.lock"  # the same file, renamed with its folder
+        lock.offer()
+        run = cls(path)
+        run._created_lock = lock
+        return run
 
     @staticmethod
     def check_exists(path: Path) -> None:
         if not (path / "run.sqlite").is_file() or not (path / "conditions.toml").is_file():
             raise SeedbedError(f"'{path}' is not a run folder (no run.sqlite / conditions.toml): give runs/<name> (seedbed runs lists them)")
+        Run.check_files(path)
 
     @classmethod
     def open(cls, path: str | Path, readonly: bool = False) -> "Run":
@@ -104,33 +179,54 @@ class Run:
     @staticmethod
     def read_artifacts(path: Path) -> dict[str, Any]:
         f = Path(path) / "artifacts.json"
-        return json.loads(f.read_text()) if f.is_file() else {}
+        if not os.path.lexists(f):
+            return {}
+        try:
+            found = json.loads(contained.open_regular(f, contained.JSON_MAX_BYTES))
+        except (ValueError, UnicodeDecodeError):
+            raise SeedbedError(f"'{f}' is not valid JSON: restore the run folder from a copy") from None
+        if not isinstance(found, dict):
+            raise SeedbedError(f"'{f}' does not hold a JSON object: restore the run folder from a copy")
+        return found
+
+    def remove_partial_writes(self) -> None:
+        """Delete the `*.tmp` remains of checkpoint writes a crash cut short: in checkpoints/ only, links unfollowed."""
+        with contained.folder(self.path, "checkpoints") as fd:
+            for name in os.listdir(fd):
+                if name.endswith(".tmp") and not contained.is_dir_in(fd, name):
+                    os.unlink(name, dir_fd=fd)  # a link is removed itself, its target untouched
 
     # ── writing ─────────────────────────────────────────────────────────────
     def log_metrics(self, step: int, values: dict[str, float]) -> None:
         """Buffered until `commit()`; the growth loop commits at evals and checkpoints."""
-        self.db.executemany("INSERT INTO metrics VALUES (?, ?, ?)", [(step, k, float(v)) for k, v in values.items()])
+        with self._writing():
+            self.db.executemany("INSERT INTO metrics VALUES (?, ?, ?)", [(step, k, float(v)) for k, v in values.items()])
 
     def log_event(self, step: int, kind: str, text: str) -> None:
-        self.db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (step, kind, text, time.time()))
-        self.db.commit()
+        with self._writing():
+            self.db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (step, kind, text, time.time()))
+            self.db.commit()
 
     def record_checkpoint(self, rec: CheckpointRecord) -> None:
-        self.db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)", (rec.step, rec.file, rec.sha256, rec.tokens_seen))
-        self.db.commit()
+        with self._writing():
+            self.db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)", (rec.step, rec.file, rec.sha256, rec.tokens_seen))
+            self.db.commit()
 
     def commit(self) -> None:
-        self.db.commit()
+        with self._writing():
+            self.db.commit()
 
     def forget_after(self, step: int) -> None:
         """Drop metrics and checkpoint records past `step` (a resume regrows them)."""
-        self.db.execute("DELETE FROM metrics WHERE step > ?", (step,))
-        self.db.execute("DELETE FROM checkpoints WHERE step > ?", (step,))
-        self.db.commit()
+        with self._writing():
+            self.db.execute("DELETE FROM metrics WHERE step > ?", (step,))
+            self.db.execute("DELETE FROM checkpoints WHERE step > ?", (step,))
+            self.db.commit()
 
     def forget_checkpoint(self, step: int) -> None:
-        self.db.execute("DELETE FROM checkpoints WHERE step = ?", (step,))
-        self.db.commit()
+        with self._writing():
+            self.db.execute("DELETE FROM checkpoints WHERE step = ?", (step,))
+            self.db.commit()
 
     # ── reading ─────────────────────────────────────────────────────────────
     def checkpoints(self) -> list[CheckpointRecord]:
@@ -156,13 +252,12 @@ class Run:
         return row[0] or 0
 
     def status(self) -> str:
-        """done, interrupted, growing, crashed or new — from the events and the lock file."""
+        """done, interrupted, diverged, growing, crashed or new — from the events and the lock."""
         # the newest event of growth's own life: other events (emergences, corrupt checkpoints) say nothing of it
-        row = self.db.execute(
-            "SELECT kind FROM events WHERE kind IN ('start', 'resume', 'done', 'interrupted') ORDER BY rowid DESC LIMIT 1"
-        ).fetchone()
+        marks = ", ".join("?" * len(LIFE_EVENTS))
+        row = self.db.execute(f"SELECT kind FROM events WHERE kind IN ({marks}) ORDER BY rowid DESC LIMIT 1", LIFE_EVENTS).fetchone()
         last = row[0] if row else None
-        if last in ("done", "interrupted"):
+        if last in ("done", "interrupted", "diverged"):
             return last
         if last is None:
             return "new"
@@ -170,52 +265,219 @@ class Run:
 
     def close(self) -> None:
         self.db.close()
+        if self._created_lock is not None:
+            self._created_lock.withdraw()
+            self._created_lock = None
+
+
+def _roll_back_hot_journal(index: Path) -> None:
+    """Let SQLite undo a write that a crash cut short (a hot journal), which only a writable open can do.
+
+    A read-only open of such an index fails ("attempt to write a readonly database"); a writable
+    open rolls the journal back on its first read and changes nothing else.
+    """
+    journal = index.with_name(index.name + "-journal")
+    if not journal.is_file() or journal.stat().st_size == 0 or not os.access(index.parent, os.W_OK):
+        return
+    try:
+        db = sqlite3.connect(index, timeout=30)
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError:
+        pass  # the read-only open that follows says what is wrong
 
 
 class RunLock:
-    """A pid file, so two processes never grow the same run at once."""
+    """An exclusive `flock` on run.lock, so two processes never grow the same run at once.
+
+    The kernel drops the lock when its holder dies (kill -9 included), so a crashed run never
+    stays locked; the file also holds the holder's pid, for `holder()` and error messages.
+    """
+
+    # run.lock files (by device and inode) locked by `Run.create` in this process, waiting for their grower
+    _offered: dict[tuple[int, int], RunLock] = {}
+    _offered_guard = threading.Lock()
 
     def __init__(self, run_path: Path) -> None:
         self.file = Path(run_path) / "run.lock"
+        self.fd: int | None = None
 
     def holder(self) -> int | None:
-        """The pid of a live process holding the lock, or None."""
+        """The pid of the process holding the lock (0 if it has not written it yet), or None if nobody holds it."""
         try:
-            pid = int(self.file.read_text().strip() or 0)
-        except (FileNotFoundError, ValueError):
-            return None
-        if pid <= 0 or pid == os.getpid():
+            fd = os.open(self.file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:  # missing, a link, unreadable: nobody can hold it through this name
             return None
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        return None if _is_zombie(pid) else pid
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            key = _key(fd)
+            with RunLock._offered_guard:
+                if key in RunLock._offered:
+                    return os.getpid()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _read_pid(fd)
+            return None  # the shared lock is dropped when fd closes
+        finally:
+            os.close(fd)
 
     def acquire(self) -> None:
-        pid = self.holder()
-        if pid is not None:
-            raise SeedbedError(f"run '{self.file.parent}' is being grown by process {pid}: wait for it, or stop it first")
-        self.file.write_text(str(os.getpid()))
+        """Take the lock or say who holds it; kept until `release()` (or this process ends)."""
+        while self.fd is None:
+            try:
+                fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            except OSError as err:
+                if contained._is_link(self.file):
+                    raise contained.Unsafe(f"'{self.file}' is a symbolic link: remove it (a run folder holds only its own files)") from None
+                raise SeedbedError(f"cannot lock '{self.file}': {err.strerror or err}: check the folder's permissions") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise contained.Unsafe(f"'{self.file}' is not a regular file: remove it")
+            if self._adopt(fd):
+                return
+            if not _flock_exclusive(fd):
+                pid = _read_pid(fd)
+                os.close(fd)
+                who = f"process {pid}" if pid else "another process"
+                raise SeedbedError(f"run '{self.file.parent}' is being grown by {who}: wait for it, or stop it first") from None
+            if not _same_file(fd, self.file):  # released (and unlinked) between our open and our lock: try again
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            self.fd = fd
+
+    def _adopt(self, fd: int) -> bool:
+        """Take over a lock `Run.create` took in this process for this file (the grower's first acquire)."""
+        with RunLock._offered_guard:
+            offerer = RunLock._offered.pop(_key(fd), None)
+            if offerer is None:
+                return False
+            self.fd, offerer.fd = offerer.fd, None
+        os.close(fd)
+        return True
+
+    def offer(self) -> None:
+        """Hand this held lock to the next `acquire()` of the same file in this process (see `Run.create`)."""
+        assert self.fd is not None
+        with RunLock._offered_guard:
+            RunLock._offered[_key(self.fd)] = self
+
+    def withdraw(self) -> None:
+        """Release an offered lock nobody took over (once adopted, it is the adopter's to release)."""
+        with RunLock._offered_guard:
+            if self.fd is None:
+                return
+            RunLock._offered.pop(_key(self.fd), None)
+        self.release()
 
     def release(self) -> None:
-        self.file.unlink(missing_ok=True)
+        """Unlink the file, then drop the lock (closing it), so a waiting opener sees a fresh file."""
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            if _same_file(fd, self.file):
+                self.file.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
 
-def _is_zombie(pid: int) -> bool:
-    """A killed process nobody has reaped yet still answers kill(pid, 0) (Linux: state Z)."""
+def _flock_exclusive(fd: int, tries: int = 5) -> bool:
+    """Try for the exclusive lock a few times: a `holder()` probe holds a shared one for microseconds."""
+    for i in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if _read_pid(fd) or i == tries - 1:  # a pid written: a real holder, no probe
+                return False
+            time.sleep(0.02)
+    return False
+
+
+def _key(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether `path` still names the file open as `fd` (it may have been unlinked or replaced)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        st = os.lstat(path)
+    except FileNotFoundError:
         return False
-    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+    return (st.st_dev, st.st_ino) == _key(fd)
+
+
+def _read_pid(fd: int) -> int:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip() or 0)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return 0
+
+
+def _empty_dead_run(path: Path, locked_by_us: bool = False) -> bool:
+    """A folder left by a run that died before its first checkpoint: only a run's own files, nothing
+    recorded, nobody (else) holding its lock. Such a folder may be replaced by a new run of the same name."""
+    try:
+        contained.check_kind(path, "dir")
+        if not os.path.isdir(path) or not set(os.listdir(path)) <= set(RUN_FILES) or not (path / "run.sqlite").is_file():
+            return False
+        Run.check_files(path)
+        with contained.folder(path, "checkpoints") as fd:
+            if not all(contained.is_regular_in(fd, n) for n in os.listdir(fd)):
+                return False
+        run = Run(path, readonly=True)
+        try:
+            return not run.checkpoints() and (locked_by_us or RunLock(path).holder() is None)
+        finally:
+            run.close()
+    except (SeedbedError, OSError, sqlite3.DatabaseError):
+        return False
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Rename the finished folder `tmp` to `path`, first moving aside (then deleting) an empty dead run there.
+
+    The dead run's lock is held while it is checked and moved, so two starts cannot both take it.
+    """
+    aside: Path | None = None
+    if os.path.lexists(path):
+        old_lock = RunLock(path)
+        try:
+            old_lock.acquire()
+        except contained.Unsafe:
+            raise SeedbedError(f"run '{path}' already exists: choose another with --name") from None
+        try:
+            if not _empty_dead_run(path, locked_by_us=True):
+                raise SeedbedError(
+                    f"run '{path}' already exists: choose another with --name, or continue it with seedbed grow --resume {path}"
+                )
+            aside = path.with_name(tmp.name.removesuffix(".new") + ".old")
+            os.rename(path, aside)
+        finally:
+            old_lock.file = (aside or path) / "run.lock"
+            old_lock.release()
+    try:
+        os.rename(tmp, path)
+    except OSError:  # somebody else's run appeared there meanwhile
+        raise SeedbedError(f"run '{path}' already exists: choose another with --name") from None
+    finally:
+        if aside is not None:
+            try:
+                contained.remove_tree(path.parent, aside.name)
+            except OSError:
+                pass  # a hidden leftover (.NAME.….old) that `seedbed runs` does not list
 
 
 def list_runs(runs_dir: str | Path) -> list[Path]:
-    """Run folders directly under `runs_dir`, by name."""
+    """Run folders directly under `runs_dir`, by name (hidden ones are runs being created or removed)."""
     root = Path(runs_dir)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if (p / "run.sqlite").is_file())
+    return sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p / "run.sqlite").is_file())
