@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from seedbed.conditions import Text
 from seedbed.errors import SeedbedError
 from seedbed.soil import text as text_module
+from seedbed.soil.base import TRAIN, generator
 from seedbed.soil.text import SHAKESPEARE_CACHE, TextSoil, Tokenizer, shakespeare_text
 
 N_CTX = 16
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch) -> Path:
+    """Token maps go to a cache folder of the test's own, never the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg" / "seedbed" / "tokens"
 
 
 def corpus(n: int = 4000) -> str:
@@ -85,9 +96,10 @@ def test_folder_is_read_recursively_in_sorted_order_skipping_hidden(tmp_path, mo
     (tmp_path / "extra.txt").write_text("third " * 40, encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     soil = TextSoil(Text(paths=["books", "extra.txt"]), seed=0, n_ctx=N_CTX)
-    assert soil.text == "\n\n".join(["first " * 40, "second " * 40, "third " * 40])
+    text = "\n\n".join(["first " * 40, "second " * 40, "third " * 40])
+    assert soil.decode(soil.data) == text
     art = soil.artifacts()
-    assert art["corpus_chars"] == len(soil.text) and len(art["corpus_sha256"]) == 64
+    assert art["corpus_chars"] == len(text) and len(art["corpus_sha256"]) == 64
     assert Tokenizer.from_json(art["tokenizer"]).vocab == soil.tokenizer.vocab
 
 
@@ -95,7 +107,105 @@ def test_invalid_utf8_is_replaced_not_fatal(tmp_path, monkeypatch):
     (tmp_path / "c.txt").write_bytes(corpus().encode() + b"\xff\xfe")
     monkeypatch.chdir(tmp_path)
     soil = TextSoil(Text(paths=["c.txt"]), seed=0, n_ctx=N_CTX)
-    assert "\ufffd" in soil.text
+    assert "\ufffd" in soil.decode(soil.data)
+
+
+# ── the token map: streamed, compact, cached ─────────────────────────────────
+AWKWARD_FILES = [  # what a chunked read could get wrong: CRLF and lone CR, split characters, bad bytes, a BOM
+    b"line one\r\nline two\rthree\r\n" * 5 + "naïve café 日本語 🌱".encode() * 7,
+    b"\xef\xbb\xbfbom first" + b"\xff\xfe bad \xe6\x97 cut" + "é".encode() * 30 + b"\r",
+    b"",  # an empty file still adds its blank-line separator
+    b"\r\nplain ascii to close " * 20,
+]
+
+
+def old_in_memory_path(files: list[Path], kind: str) -> tuple[np.ndarray, dict]:
+    """How the soil tokenized before the token map: the reference a streamed corpus must equal."""
+    text = "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
+    tok = Tokenizer.fit(text, kind)
+    sha = hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
+    return tok.encode_array(text), {"tokenizer": tok.to_json(), "corpus_sha256": sha, "corpus_chars": len(text)}
+
+
+@pytest.mark.parametrize("kind", ["auto", "char", "byte"])
+def test_streamed_tokens_equal_the_in_memory_path(tmp_path, monkeypatch, kind):
+    """Chunks of 7 characters: every boundary case happens; tokens, artifacts and batches stay what they were."""
+    monkeypatch.setattr(text_module, "CHUNK_CHARS", 7)
+    files = [tmp_path / f"{i}.txt" for i in range(len(AWKWARD_FILES))]
+    for f, data in zip(files, AWKWARD_FILES, strict=True):
+        f.write_bytes(data)
+    assert all(len(c) <= 7 for c in text_module.text_chunks(files))  # never the whole text at once
+    soil = TextSoil(Text(paths=[str(f) for f in files], tokenizer=kind, holdout_fraction=0.3), seed=5, n_ctx=N_CTX)
+    ids, artifacts = old_in_memory_path(files, kind)
+    assert soil.artifacts() == artifacts  # so runs grown before resume
+    assert soil.data.dtype == torch.uint8 and torch.equal(soil.data.long(), torch.from_numpy(ids).long())
+    window = N_CTX + 1
+    for cursor in range(5):
+        offsets = torch.randint(0, soil.n_train - window + 1, (8,), generator=generator(5, TRAIN, cursor))
+        expected = torch.from_numpy(ids)[offsets[:, None] + torch.arange(window)].long()
+        assert torch.equal(soil.train_batch(cursor, 8).tokens, expected)
+
+
+@pytest.mark.parametrize("distinct, dtype", [(200, torch.uint8), (1000, torch.uint16), (70_000, torch.uint32)])
+def test_a_forced_char_tokenizer_on_many_characters_gets_a_wide_enough_map(tmp_path, monkeypatch, distinct, dtype):
+    text = "".join(chr(0x10000 + i) for i in range(distinct)) * 2  # above the surrogates
+    soil = soil_from(tmp_path, text, monkeypatch, tokenizer="char")
+    assert soil.d_vocab == distinct and soil.data.dtype == dtype
+    assert soil.decode(soil.data[:50]) == text[:50] and int(soil.data[distinct - 1]) == distinct - 1
+
+
+def test_the_map_is_cached_by_corpus_and_tokenizer_and_reused(tmp_path, monkeypatch, own_cache):
+    soil = soil_from(tmp_path, corpus(), monkeypatch)
+    sha, kind = soil.artifacts()["corpus_sha256"], soil.tokenizer.kind
+    assert [p.name for p in own_cache.iterdir()] == [f"{sha}-{kind}.bin"]  # no temporary file left behind
+    assert (own_cache / f"{sha}-{kind}.bin").stat().st_size == len(soil.data)
+
+    def no_encoding(*args):
+        raise AssertionError("the cached map should have been used")
+
+    with monkeypatch.context() as m:
+        m.setattr(text_module, "_encode_into", no_encoding)
+        again = TextSoil(Text(paths=["c.txt"]), seed=3, n_ctx=N_CTX)
+    assert torch.equal(again.data, soil.data)
+    expected = soil.data.clone()
+    (own_cache / f"{sha}-{kind}.bin").unlink()
+    (own_cache / f"{sha}-{kind}.bin").write_bytes(b"\0" * 10)  # a map of the wrong size is made again
+    assert torch.equal(TextSoil(Text(paths=["c.txt"]), seed=3, n_ctx=N_CTX).data, expected)
+    TextSoil(Text(paths=["c.txt"], tokenizer="byte"), seed=3, n_ctx=N_CTX)
+    assert sorted(p.name for p in own_cache.iterdir()) == sorted([f"{sha}-byte.bin", f"{sha}-char.bin"])
+
+
+def test_an_unwritable_cache_falls_back_to_a_temporary_map(tmp_path, monkeypatch):
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-folder"))
+    soil = soil_from(tmp_path, corpus(), monkeypatch)
+    assert soil.decode(soil.train_batch(0, 2).tokens[0]) in corpus()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "not-a-folder"]
+
+
+def test_a_corpus_that_changes_while_it_is_read_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "c.txt").write_text(corpus(), encoding="utf-8")
+    pieces = [tmp_path / "c.txt"]
+    surveyed = text_module.survey(pieces)
+    (tmp_path / "c.txt").write_text(corpus()[::-1], encoding="utf-8")
+    tok = Tokenizer.from_chars(surveyed.distinct, "char")
+    with pytest.raises(SeedbedError) as e:
+        text_module.token_map(pieces, surveyed, tok, tmp_path / "cache")
+    assert_one_line_error(e, "changed while it was being read")
+    assert list((tmp_path / "cache" / "tokens").iterdir()) == []
+
+
+def test_a_fifo_is_never_read(tmp_path, monkeypatch):
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "books").mkdir()
+    os.mkfifo(tmp_path / "books" / "pipe")
+    (tmp_path / "books" / "a.txt").write_text(corpus(), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SeedbedError) as e:
+        TextSoil(Text(paths=["pipe"]), seed=0, n_ctx=N_CTX)
+    assert_one_line_error(e, "'pipe' is not a regular file")
+    soil = TextSoil(Text(paths=["books"]), seed=0, n_ctx=N_CTX)  # a FIFO in a folder is skipped
+    assert soil.decode(soil.data) == corpus()
 
 
 # ── tokenizers ────────────────────────────────────────────────────────────────
@@ -182,7 +292,7 @@ def test_shakespeare_cache_hit_needs_no_network(tmp_path, monkeypatch):
     assert shakespeare_text() == cached
     assert shakespeare_text(tmp_path / "xdg" / "seedbed") == cached
     soil = TextSoil(Text(corpus="shakespeare"), seed=0, n_ctx=N_CTX)
-    assert soil.text == cached and soil.train_batch(0, 2).tokens.shape == (2, N_CTX + 1)
+    assert soil.decode(soil.data) == cached and soil.train_batch(0, 2).tokens.shape == (2, N_CTX + 1)
 
 
 def test_shakespeare_fetch_failure_is_a_one_line_error(tmp_path, monkeypatch):
