@@ -261,7 +261,7 @@ def one_thread():
 
 @pytest.mark.slow
 def test_induction_heads_grow(runs, one_thread):
-    """A smaller examples/induction-tiny.toml (n_ctx 48, 800 steps): induction heads form by step ~600."""
+    """A smaller examples/induction.toml (n_ctx 48, 800 steps): induction heads form by step ~600."""
     cond = tiny(
         soil={"vocab_size": 64, "block_min": 6, "block_max": 24, "prefix_max": 12},
         architecture={"n_layers": 2, "d_model": 64, "n_heads": 4, "n_ctx": 48, "attn_only": True},
