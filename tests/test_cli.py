@@ -1,6 +1,7 @@
 """End-to-end: the `seedbed` command as a user types it."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,20 @@ def test_unwritable_runs_folder_is_one_line(tmp_path):
         runs_dir = str(tmp_path / "ro" / "runs")
     cond = write_toml(tmp_path / "tiny.toml", tiny_dict())
     one_line_error(cli("grow", str(cond), "--runs-dir", runs_dir, "--no-progress", cwd=tmp_path), "cannot use")
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_examples_are_named_after_what_they_are():
+    """Each example's run is named as its file; examples/induction.toml is the induction trial's main model at `small`
+    (the README says so), so `seedbed runs` never shows an example named like a trial's tiny scale."""
+    from seedbed.conditions import load
+    from seedbed.trials import get
+
+    names = {path.stem: load(path).name for path in EXAMPLES.glob("*.toml")}
+    assert names and all(stem == name for stem, name in names.items()), names
+    assert not [n for n in names if n.endswith(("-tiny", "-small", "-full"))]
+    example = load(EXAMPLES / "induction.toml").model_dump()
+    trial = get("induction").conditions("small", 0)["main"].model_dump()
+    assert example == trial
