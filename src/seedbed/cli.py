@@ -58,7 +58,7 @@ def runs(runs_dir: Path = typer.Argument(Path("runs"), help="folder of runs")) -
 
     found = list_runs(runs_dir)
     if not found:
-        console.print(f"no runs in {runs_dir}/ yet: grow one with seedbed grow examples/induction-tiny.toml")
+        console.print(f"no runs in {runs_dir}/ yet: grow one with seedbed grow examples/induction.toml")
         return
     table = Table(box=box.SIMPLE_HEAD)
     for col in ("name", "soil", "params", "steps", "train loss", "eval loss", "status"):
@@ -202,18 +202,21 @@ def export(
 def trial(
     name: str = typer.Argument(..., help="which trial (seedbed trials lists them)"),
     scale: str = typer.Option("small", "--scale", help="tiny (seconds), small (minutes on a 2-core CPU) or full (the published scale: a GPU)"),
-    seed: int = typer.Option(0, "--seed", help="the seed of every run the trial grows (seeds: the first of its seeds)"),
-    seeds: Optional[int] = typer.Option(None, "--seeds", help="seeds trial only: how many seeds (default 5 at small)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="the trial's folder (default: runs/NAME-SCALE-seedS, numbered if taken)"),
+    seed: int = typer.Option(0, "--seed", help="the seed of every run the trial grows (with --seeds: the first seed)"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="run the trial on N seeds from --seed, in parallel, and summarise the verdicts"),
+    option: list[str] = typer.Option([], "--option", "-o", help="a trial's own setting, NAME=VALUE (e.g. seeds: n=5); repeatable"),
+    out: Optional[Path] = typer.Option(None, "--out", help="the trial's folder (default: runs/NAME-SCALE-seedS, or -seedsS-E with --seeds; numbered if taken)"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where the default folder goes"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
-    """Run one trial: grow, watch, measure, judge its prediction, and write its HTML report."""
+    """Run one trial: write its predictions, grow, watch, measure, judge them, and write its HTML report."""
     from seedbed.grow import Interrupted
-    from seedbed.trials import run_trial
+    from seedbed.trials.base import parse_options
+    from seedbed.trials.runner import run_trial
 
     try:
-        run_trial(name, scale=scale, seed=seed, out=out, runs_dir=runs_dir, console=console, progress=progress, n_seeds=seeds)
+        run_trial(name, scale=scale, seed=seed, out=out, runs_dir=runs_dir, console=console, progress=progress,
+                  options=parse_options(option), seeds=seeds)
     except Interrupted:
         raise typer.Exit(130) from None
 

@@ -92,7 +92,7 @@ class Grokking(Trial):
 
     # ── measurements ────────────────────────────────────────────────────────
     def measure(self, path: Path) -> Evidence:
-        return measure_run(path)
+        return measure_run(path / "main")
 
     # ── the verdict, from the predictions and the evidence only ─────────────
     def judge(self, ev: Evidence) -> list[Check]:

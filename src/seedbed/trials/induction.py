@@ -81,7 +81,7 @@ class Induction(Trial):
     def measure(self, path: Path) -> Evidence:
         ev = Evidence()
         n = ev.numbers
-        run = Run.open(path, readonly=True)
+        run = Run.open(path / "main", readonly=True)
         total = run.conditions.schedule.steps
         n["steps"] = total
         loss = run.metric("watch/answer_loss")
@@ -108,7 +108,7 @@ class Induction(Trial):
                 ev.emergences.append({**e.as_dict(), "label": name.removeprefix("watch/").replace("_", "-").replace("/", " score of ", 1)})
 
         # the final model: scores, composition, ablation
-        grown = load(path)
+        grown = load(path / "main")
         model, soil = grown.model, grown.soil
         scores = pattern_scores(model, bos=soil.bos)
         ind, prev = scores["induction"], scores["previous_token"]

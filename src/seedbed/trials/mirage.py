@@ -103,7 +103,7 @@ class Mirage(Trial):
     def measure(self, path: Path) -> Evidence:
         ev = Evidence()
         n = ev.numbers
-        run = Run.open(path, readonly=True)
+        run = Run.open(path / "main", readonly=True)
         total = run.conditions.schedule.steps
         n["steps"] = total
         n["n_digits"] = run.conditions.soil.n_digits
@@ -152,7 +152,7 @@ class Mirage(Trial):
 
         # (d) across widths: every run's final values
         sizes = []
-        for folder in [path] + sorted((p for p in path.iterdir() if (p / "run.sqlite").is_file()), key=lambda p: p.name):
+        for folder in sorted(p for p in path.iterdir() if (p / "run.sqlite").is_file()):  # main and every width; the runner checked all grew
             r = Run.open(folder, readonly=True)
             sizes.append((r.conditions.architecture.d_model, _n_params(r.conditions),
                           {k: final(r.metric(f"watch/{k}")) for k in ["exact_match", "edit_distance", "log_likelihood"] + [f"digit{p}_accuracy" for p in places]}))

@@ -6,8 +6,10 @@ the grokking circuit (the `grokking` trial's modular-addition model). The behavi
 expected to agree across seeds (every seed forms induction heads, every seed groks),
 while the details that gradient descent settled — which head became the induction
 head, when, and which Fourier frequencies the modular-addition model uses — differ.
-Seeds are consecutive from `--seed`; runs other than the first grow in parallel
-processes, one per core.
+One trial grows `n` consecutive seeds from its `--seed` (`--option n=N`; default 2 at
+tiny, 5 at small, 10 at full); its runs other than main grow in parallel processes, one per
+core. With `--seeds K` the trial is repeated K times on disjoint blocks of seeds (from
+`--seed`, `--seed + n`, …), all runs of all blocks in one pool of processes.
 
 Read top to bottom: the claim, the predictions (thresholds fixed here, before any
 run), the conditions, what is measured per run, and the verdict.
@@ -25,8 +27,10 @@ from seedbed.read.scores import pattern_scores
 from seedbed.run import Run
 from seedbed.trials.base import (
     HELD,
+    MAIN,
     Check,
     Evidence,
+    Option,
     Prediction,
     Trial,
     register,
@@ -71,18 +75,19 @@ class Seeds(Trial):
     ]
 
     watch_series = {**DEFAULT_SERIES, **Grokking.watch_series}
+    options = {"n": Option("how many seeds one trial compares (default 2 at tiny, 5 at small, 10 at full)", minimum=2)}
 
-    def __init__(self, n_seeds: int | None = None) -> None:
-        self.n_seeds = n_seeds
+    def seeds_per_trial(self, scale: str) -> int:
+        return self.chosen["n"] or N_SEEDS[scale]
 
     def seeds(self, scale: str, seed: int) -> list[int]:
-        return list(range(seed, seed + (self.n_seeds or N_SEEDS[scale])))
+        return list(range(seed, seed + self.seeds_per_trial(scale)))
 
     # ── conditions: the same recipe, N seeds ────────────────────────────────
     def conditions(self, scale: str, seed: int) -> dict[str, Conditions]:
         runs: dict[str, Conditions] = {}
         for s in self.seeds(scale, seed):
-            runs["main" if s == seed else f"grokking-seed{s}"] = parse(grokking_conditions(scale, s))
+            runs[MAIN if s == seed else f"grokking-seed{s}"] = parse(grokking_conditions(scale, s))
         for s in self.seeds(scale, seed):
             runs[f"induction-seed{s}"] = Induction().conditions(scale, s)["main"]
         return runs
@@ -99,7 +104,7 @@ class Seeds(Trial):
     def measure(self, path: Path) -> Evidence:
         ev = Evidence()
         n = ev.numbers
-        grokking = [p for p in [path] + sorted(path.glob("grokking-seed*"), key=_seed_of) if (p / "run.sqlite").exists()]
+        grokking = [path / MAIN] + sorted(path.glob("grokking-seed*"), key=_seed_of)  # the runner checked that every run is there
         induction = sorted(path.glob("induction-seed*"), key=_seed_of)
         rows, per_seed = [], []
         for p in grokking:
