@@ -243,6 +243,19 @@ def test_synthetic_tokenizers_read_what_seedbed_writes(tiny_runs, tmp_path, name
     assert tok("a")["input_ids"] == []  # what TransformerLens probes with on loading
 
 
+# ── a folder to share: no local paths ─────────────────────────────────────────
+def test_an_export_carries_no_local_path(tiny_runs, tmp_path):
+    """Not the run folder, not the corpus: only the run's name and the corpus file's name."""
+    out = to_hf(tiny_runs("char"), tmp_path / "hf")
+    local = {str(tiny_runs.root), str(tiny_runs.root.resolve()), str(tmp_path), str(tmp_path.resolve())}
+    for f in out.iterdir():
+        data = f.read_bytes()
+        for path in local:
+            assert path.encode() not in data, (f.name, path)
+    marker = json.loads((out / MARKER).read_text())
+    assert marker["run"] == "char" and marker["conditions"]["soil"]["paths"] == ["corpus.txt"]
+
+
 # ── what GPT-2 cannot express: one line, exit 2, nothing written ─────────────
 @pytest.mark.slow
 @pytest.mark.parametrize(

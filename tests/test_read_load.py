@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny, tiny_dict
 
 from seedbed import checkpoint
 from seedbed.conditions import parse
@@ -14,7 +15,6 @@ from seedbed.errors import SeedbedError
 from seedbed.grow import grow
 from seedbed.read import checkpoint_steps, load
 from seedbed.run import Run
-from conftest import tiny, tiny_dict
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +93,51 @@ def test_corrupt_checkpoint_is_refused_in_one_line(grown: Path, tmp_path: Path) 
 def test_not_a_run_folder(tmp_path: Path) -> None:
     with pytest.raises(SeedbedError, match="not a run folder"):
         load(tmp_path)
+
+
+def _text_run(tmp_path: Path) -> Path:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    data = tiny_dict(schedule={"steps": 2})
+    data["soil"] = {"kind": "text", "paths": [str(corpus)]}
+    grow(parse(data), runs_dir=tmp_path / "runs", name="text", progress=False)
+    return tmp_path / "runs" / "text"
+
+
+def test_a_run_folders_text_paths_are_never_followed_unless_asked(tmp_path: Path, monkeypatch) -> None:
+    """Crafted conditions (a whole tree, a FIFO) cost nothing: reading uses the saved tokenizer."""
+    import os
+    import tomllib
+
+    import tomli_w
+
+    from seedbed.read.summary import draw_patterns, pictured_heads, read_heads
+    from seedbed.soil.text import TextSoil
+
+    run = _text_run(tmp_path)
+    assert load(run, corpus=True).soil is not None  # asked for, the corpus is read
+    os.mkfifo(tmp_path / "pipe")
+    data = tomllib.loads((run / "conditions.toml").read_text())
+    data["soil"]["paths"] = ["/usr/share", str(tmp_path / "pipe")]
+    (run / "conditions.toml").write_text(tomli_w.dumps(data))
+
+    def no_corpus(*args, **kwargs):
+        raise AssertionError("reading a run must not read the corpus its conditions name")
+
+    monkeypatch.setattr(TextSoil, "__init__", no_corpus)
+    g = load(run)
+    assert g.soil is None and g.decode(g.tokenizer.encode("lazy fox")) == "lazy fox"
+    reading = read_heads(g)  # what `seedbed read` does, with no soil
+    assert draw_patterns(g, pictured_heads(reading, limit=1), tmp_path / "pictures")
+
+
+@pytest.mark.parametrize("saved", ["char", {"kind": 5}, {"kind": "char", "vocab": ["ab", "c"]}, {"kind": "char", "vocab": 7}])
+def test_a_malformed_saved_tokenizer_is_a_one_line_error(tmp_path: Path, saved) -> None:
+    import json
+
+    run = _text_run(tmp_path)
+    artifacts = json.loads((run / "artifacts.json").read_text())
+    (run / "artifacts.json").write_text(json.dumps({**artifacts, "tokenizer": saved}))
+    with pytest.raises(SeedbedError) as e:
+        load(run)
+    assert "artifacts.json: the saved tokenizer cannot be read" in str(e.value) and "\n" not in str(e.value)

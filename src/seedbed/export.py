@@ -71,14 +71,26 @@ def to_hf(grown_or_run: Grown | str | Path, outdir: str | Path, step: int | None
         {
             "format": "hf",
             "seedbed_version": seedbed.__version__,
-            "run": str(Path(grown.run).resolve()),
+            "run": Path(grown.run).resolve().name,
             "step": grown.step,
             "files": sorted(files),
-            "conditions": grown.conditions.model_dump(mode="json"),
+            "conditions": shareable_conditions(grown.conditions),
         }
     )
     _write_folder(out, files)
     return out
+
+
+def shareable_conditions(conditions: Conditions) -> dict[str, Any]:
+    """The conditions as JSON, with a text soil's paths cut to their last part.
+
+    An export is made to be shared, so it carries no absolute local path: not the
+    run folder (only its name is written) and not where the corpus lay.
+    """
+    data = conditions.model_dump(mode="json")
+    if isinstance(conditions.soil, Text):
+        data["soil"]["paths"] = [Path(p).name for p in conditions.soil.paths]
+    return data
 
 
 # ── what GPT-2 can express ───────────────────────────────────────────────────

@@ -2,8 +2,13 @@
 
 Reading needs only the run folder: the weights come from `checkpoints/`, the
 architecture from `conditions.toml`, a text tokenizer from `artifacts.json`. A run
-copied to another machine therefore opens there too; only a text soil's corpus may
-be absent, and then `soil` is None while `tokenizer` still encodes and decodes.
+copied to another machine therefore opens there too.
+
+A run folder is untrusted input, so the paths of a text soil in its conditions are
+not followed unless the caller asks (`corpus=True`): crafted conditions could name
+`/usr/share` or a FIFO. Without the corpus `soil` is None while `tokenizer` still
+encodes and decodes. The built-in Shakespeare corpus is seedbed's own cached file,
+not a path from the run, so it is used when it is cached (reading never downloads).
 """
 
 from __future__ import annotations
@@ -49,11 +54,13 @@ def checkpoint_steps(run: str | Path) -> list[int]:
         r.close()
 
 
-def load(run: str | Path, step: int | None = None, device: str | torch.device = "cpu") -> Grown:
+def load(run: str | Path, step: int | None = None, device: str | torch.device = "cpu", corpus: bool = False) -> Grown:
     """The model at `step` (the newest checkpoint by default), in eval mode, with its soil.
 
     A step without a checkpoint is an error listing the steps that have one; a
-    checkpoint whose bytes do not match its recorded sha256 is refused.
+    checkpoint whose bytes do not match its recorded sha256 is refused. `corpus`:
+    read the files a text soil's conditions name (trust the run folder), so that
+    `soil` can give held-out batches; by default they are never touched.
     """
     path = Path(run)
     r = Run.open(path, readonly=True)
@@ -77,14 +84,16 @@ def load(run: str | Path, step: int | None = None, device: str | torch.device = 
         model.unembed.weight = model.embed.weight
     checkpoint.load_into(model, loaded.weights)
     model.eval().to(device)
-    soil, tokenizer = _soil_of(conditions, artifacts)
+    soil, tokenizer = _soil_of(conditions, artifacts, corpus)
     return Grown(model, conditions, soil, tokenizer, rec.step, path)
 
 
-def _soil_of(conditions: Conditions, artifacts: dict) -> tuple[SoilBase | None, Tokenizer | None]:
+def _soil_of(conditions: Conditions, artifacts: dict, corpus: bool) -> tuple[SoilBase | None, Tokenizer | None]:
     if not isinstance(conditions.soil, Text):
         return make_soil(conditions), None
-    tokenizer = Tokenizer.from_json(artifacts["tokenizer"]) if "tokenizer" in artifacts else None
+    tokenizer = _saved_tokenizer(artifacts)
+    if conditions.soil.paths and not corpus:
+        return None, tokenizer  # a run folder's paths are not followed unless asked: the saved tokenizer is enough
     if conditions.soil.corpus == "shakespeare" and not (default_cache_dir() / SHAKESPEARE_CACHE).is_file():
         return None, tokenizer  # reading never downloads: the saved tokenizer is enough
     try:
@@ -94,6 +103,19 @@ def _soil_of(conditions: Conditions, artifacts: dict) -> tuple[SoilBase | None, 
     if soil.artifacts() != artifacts:  # the corpus changed since: trust the tokenizer the model grew with
         return None, tokenizer
     return soil, tokenizer
+
+
+def _saved_tokenizer(artifacts: dict) -> Tokenizer | None:
+    """The tokenizer in artifacts.json; one that does not parse is a one-line error, not a traceback."""
+    if "tokenizer" not in artifacts:
+        return None
+    try:
+        return Tokenizer.from_json(artifacts["tokenizer"])
+    except SeedbedError as e:
+        why = f" ({e})"
+    except (KeyError, TypeError, ValueError, AttributeError):
+        why = ""
+    raise SeedbedError(f"artifacts.json: the saved tokenizer cannot be read{why}: restore the file from a copy")
 
 
 def _list(steps) -> str:
