@@ -10,18 +10,37 @@ from __future__ import annotations
 import platform
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from seedbed import budget
 from seedbed.errors import SeedbedError
 
 
 class _Strict(BaseModel):
-    """Unknown keys are mistakes (a typo must not be silently ignored)."""
+    """Unknown keys are mistakes (a typo must not be silently ignored), and so are loose types.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    Strict: a string is not a number and a bool is not an int, so `lr = "0.001"` and
+    `n_heads = true` are refused rather than guessed at; an int where a float is
+    expected is fine (`lr = 1`); nan and inf are refused everywhere.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+
+
+# TOML integers are 64-bit signed: a bigger one cannot be saved with the run, nor reach a tensor or SQLite
+Int64 = Annotated[int, Field(le=2**63 - 1)]
+
+
+def _pair(value: Any) -> Any:
+    """TOML has no tuples: a list of two is the way to write one (and what model_dump(mode="json") gives)."""
+    if isinstance(value, list):
+        if len(value) != 2:
+            raise ValueError(f"give two numbers, e.g. [0.9, 0.95], not {len(value)}")
+        return tuple(value)
+    return value
 
 
 # ── soils ────────────────────────────────────────────────────────────────────
@@ -35,10 +54,10 @@ class RepeatedBlocks(_Strict):
     """
 
     kind: Literal["repeated-blocks"] = "repeated-blocks"
-    vocab_size: int = Field(64, ge=3, description="tokens, including BOS (token 0)")
-    block_min: int = Field(8, ge=1)
-    block_max: int = Field(32, ge=1)
-    prefix_max: int = Field(16, ge=0, description="random tokens before the first block")
+    vocab_size: Int64 = Field(64, ge=3, description="tokens, including BOS (token 0)")
+    block_min: Int64 = Field(8, ge=1)
+    block_max: Int64 = Field(32, ge=1)
+    prefix_max: Int64 = Field(16, ge=0, description="random tokens before the first block")
 
     @model_validator(mode="after")
     def _order(self) -> "RepeatedBlocks":
@@ -48,10 +67,13 @@ class RepeatedBlocks(_Strict):
 
 
 class ModularArithmetic(_Strict):
-    """`a op b = c (mod p)`; a fixed train/test split of all pairs, chosen by the seed."""
+    """`a op b = c (mod p)`; a fixed train/test split of all pairs, chosen by the seed.
+
+    p < 2**31 keeps `a * b` within int64 tokens; memory bounds it far lower (all p² pairs are held).
+    """
 
     kind: Literal["modular-arithmetic"] = "modular-arithmetic"
-    p: int = Field(113, ge=2)
+    p: int = Field(113, ge=2, lt=2**31)
     operation: Literal["add", "sub", "mul", "div"] = "add"
     train_fraction: float = Field(0.3, gt=0.0, lt=1.0)
     full_batch: bool = True
@@ -74,6 +96,16 @@ class Text(_Strict):
     tokenizer: Literal["auto", "char", "byte"] = "auto"
     holdout_fraction: float = Field(0.1, gt=0.0, lt=1.0)
 
+    @field_validator("paths")
+    @classmethod
+    def _real_paths(cls, paths: list[str]) -> list[str]:
+        for p in paths:
+            if not p.strip():
+                raise ValueError('an empty path would mean the whole current folder: write "." if you mean it')
+            if "\0" in p:
+                raise ValueError(f"{p!r} contains a NUL character, which no file name can: remove it")
+        return paths
+
     @model_validator(mode="after")
     def _one_source(self) -> "Text":
         if bool(self.paths) == (self.corpus is not None):
@@ -86,16 +118,21 @@ Soil = Annotated[Union[RepeatedBlocks, ModularArithmetic, DigitAddition, Text], 
 
 # ── the rest ─────────────────────────────────────────────────────────────────
 class Architecture(_Strict):
-    """A GPT-2-style decoder; d_vocab comes from the soil, d_head from d_model / n_heads."""
+    """A GPT-2-style decoder; d_vocab comes from the soil, d_head from d_model / n_heads.
 
-    n_layers: int = Field(2, ge=1)
-    d_model: int = Field(64, ge=1)
-    n_heads: int = Field(4, ge=1)
-    d_head: int | None = Field(None, ge=1)
-    d_mlp: int | None = Field(None, ge=1, description="default 4 * d_model; ignored when attn_only")
+    n_layers <= 10,000: ten times deeper than any transformer trained so far, and
+    building that many blocks already takes about a minute; deeper is a typo.
+    Widths are bounded by memory (seedbed.budget), not here.
+    """
+
+    n_layers: int = Field(2, ge=1, le=10_000)
+    d_model: Int64 = Field(64, ge=1)
+    n_heads: Int64 = Field(4, ge=1)
+    d_head: Int64 | None = Field(None, ge=1)
+    d_mlp: Int64 | None = Field(None, ge=1, description="default 4 * d_model; ignored when attn_only")
     attn_only: bool = False
-    n_ctx: int = Field(64, ge=1)
-    d_vocab: int | None = Field(None, ge=2)
+    n_ctx: Int64 = Field(64, ge=1)
+    d_vocab: Int64 | None = Field(None, ge=2)
     layernorm: bool = True
     act: Literal["gelu", "relu"] = "gelu"
     tied_embeddings: bool = False
@@ -129,11 +166,19 @@ class Objective(_Strict):
 
 
 class Optimizer(_Strict):
-    """AdamW; weight decay applies to matrices only (not biases, gains)."""
+    """AdamW; weight decay applies to matrices only (not biases, gains).
+
+    lr <= 1000: Adam moves each weight by about lr a step, so beyond that a run is
+    noise from the first step; a large but finite lr (10, 100) is allowed, and
+    growth stops it if it diverges. betas are in [0, 1), as AdamW requires.
+    """
 
     kind: Literal["adamw"] = "adamw"
-    lr: float = Field(1e-3, gt=0.0)
-    betas: tuple[float, float] = (0.9, 0.95)
+    lr: float = Field(1e-3, gt=0.0, le=1e3)
+    betas: Annotated[tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]], BeforeValidator(_pair)] = (
+        0.9,
+        0.95,
+    )
     eps: float = Field(1e-8, gt=0.0)
     weight_decay: float = Field(0.1, ge=0.0)
     grad_clip: float = Field(1.0, ge=0.0, description="max global grad norm; 0 turns clipping off")
@@ -142,13 +187,13 @@ class Optimizer(_Strict):
 class Schedule(_Strict):
     """How long to grow, and the learning-rate shape over that time."""
 
-    steps: int = Field(1000, ge=1)
-    batch_size: int | None = Field(32, ge=1, description="global batch; full-batch soils set it")
-    warmup_steps: int = Field(0, ge=0)
+    steps: Int64 = Field(1000, ge=1)
+    batch_size: Int64 | None = Field(32, ge=1, description="global batch; full-batch soils set it")
+    warmup_steps: Int64 = Field(0, ge=0)
     decay: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
-    eval_every: int = Field(100, ge=1)
-    eval_batches: int = Field(4, ge=1)
+    eval_every: Int64 = Field(100, ge=1)
+    eval_batches: Int64 = Field(4, ge=1)
 
 
 class Checkpoints(_Strict):
@@ -177,7 +222,7 @@ class Conditions(_Strict):
     """The whole recipe of a run. Same Conditions + same seed ⇒ same weights."""
 
     name: str | None = Field(None, description="default run name")
-    seed: int = Field(0, ge=0)
+    seed: Int64 = Field(0, ge=0)
     soil: Soil
     architecture: Architecture = Field(default_factory=Architecture)
     objective: Objective = Field(default_factory=Objective)
@@ -210,10 +255,36 @@ def package_versions() -> dict[str, str]:
     }
 
 
+MAX_FILE_BYTES = 1 << 20  # conditions are a few lines of TOML; a bigger file is a wrong path, read no further
+
+_TYPE_FIX = {  # pydantic's error type → how to write the value instead
+    "float_type": "write a number without quotes, e.g. 0.001",
+    "int_type": "write a whole number without quotes or decimal point, e.g. 4",
+    "bool_type": "write true or false, without quotes",
+    "string_type": 'write it in quotes, e.g. "text"',
+    "finite_number": "write a finite number (nan and inf mean nothing here)",
+    "tuple_type": "write a list of two numbers, e.g. [0.9, 0.95]",
+    "list_type": "write a list, e.g. [1, 2]",
+    "dict_type": "write it as a table of keys and values",
+    "model_type": "write it as a table, e.g. [architecture] followed by its keys",
+    "model_attributes_type": "write it as a table, e.g. [soil] followed by its keys",
+}
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _key(part: str | int) -> str:
+    """A key as it can be shown on one line: as is if printable, else quoted with escapes (TOML keys may hold newlines)."""
+    text = str(part)
+    return _clip(text if text.isprintable() else text.encode("unicode_escape").decode("ascii"))
+
+
 def _first_error(err: ValidationError, source: str) -> str:
     e = err.errors()[0]
     tags = {"repeated-blocks", "modular-arithmetic", "digit-addition", "text"}  # the soil union's branch names
-    where = ".".join(str(p) for p in e["loc"] if str(p) not in tags and not str(p).startswith("function-"))
+    where = ".".join(_key(p) for p in e["loc"] if str(p) not in tags and not str(p).startswith("function-"))
     kind, msg = e["type"], e["msg"]
     if kind == "extra_forbidden":
         parent = where.rsplit(".", 1)[0] if "." in where else "the top level"
@@ -226,27 +297,37 @@ def _first_error(err: ValidationError, source: str) -> str:
         return f"{source}: soil needs a kind: one of repeated-blocks, modular-arithmetic, digit-addition, text"
     msg = msg.removeprefix("Value error, ")
     got = e.get("input")
-    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
-    return f"{source}: {where or 'conditions'}: {msg}{shown}"
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {_clip(repr(got))})"
+    fix = f": {_TYPE_FIX[kind]}" if kind in _TYPE_FIX else ""
+    return f"{source}: {where or 'conditions'}: {msg}{shown}{fix}"
 
 
-def parse(data: dict, source: str = "conditions") -> Conditions:
-    """Validate a plain dict; the first problem becomes a one-line SeedbedError."""
+def parse(data: dict, source: str = "conditions", purpose: budget.Purpose = "grow") -> Conditions:
+    """Validate a plain dict; the first problem becomes a one-line SeedbedError.
+
+    Sizes are checked here too (seedbed.budget), so that every load of conditions
+    (grow, resume, read, export, `seedbed runs`) refuses what cannot fit before
+    anything is allocated. `purpose="read"` asks only what reading a run needs.
+    """
     try:
-        return Conditions.model_validate(data)
+        conditions = Conditions.model_validate(data)
     except ValidationError as err:
         raise SeedbedError(_first_error(err, source)) from None
+    budget.check(conditions, source, purpose)
+    return conditions
 
 
-def load(path: str | Path) -> Conditions:
-    """Read a TOML file of conditions."""
+def load(path: str | Path, purpose: budget.Purpose = "grow") -> Conditions:
+    """Read a TOML file of conditions (UTF-8, as TOML requires)."""
     path = Path(path)
     if not path.is_file():
         raise SeedbedError(f"{path}: no such conditions file: check the path (examples are in examples/)")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise SeedbedError(f"{path}: {path.stat().st_size:,} bytes is not a conditions file (a few lines of TOML): check the path")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise SeedbedError(f"{path}: invalid TOML: {err}: fix the syntax on that line") from None
     except UnicodeDecodeError:
         raise SeedbedError(f"{path}: not a UTF-8 text file: give a TOML file of conditions") from None
-    return parse(data, str(path))
+    return parse(data, str(path), purpose)
