@@ -38,6 +38,9 @@ from seedbed.run import Run
 VERDICTS = ("held", "did not hold", "inconclusive")
 PALETTE = ["#1f5fa8", "#d1621b", "#2b8a3e", "#8e44ad", "#b8860b", "#c0392b", "#16a085", "#6b7280"]
 SPAN_COLOURS = ["#f2c14e", "#9ecae1", "#c7e9c0", "#fdd0a2"]
+HLINE_STYLES = ["--", ":", "-."]  # several thresholds on one figure: told apart by their dashes, named in the legend
+BAR_COLOURS = {"highlight": PALETTE[1], "other": "#9bb3cf"}
+TICK_PT = 8.0  # token labels on a heat map: never smaller than this; thinned out instead
 STYLE = {
     "svg.fonttype": "path",  # text drawn as shapes: the page needs no font at all
     "font.size": 9,
@@ -87,8 +90,7 @@ def _lines(spec: dict) -> Figure:
         ax.plot(x, y, label=_text(s.get("label")), color=PALETTE[i % len(PALETTE)], lw=1.6, marker="o" if len(y) <= 40 else None, ms=3)
     for i, sp in enumerate(spec.get("spans", [])):
         ax.axvspan(sp["from"], sp["to"], color=SPAN_COLOURS[i % len(SPAN_COLOURS)], alpha=0.35, lw=0, label=_text(sp.get("label")), zorder=0)
-    for h in spec.get("hlines", []):
-        ax.axhline(h["y"], color="#444444", ls="--", lw=1, label=_text(h.get("label")))
+    _hlines(ax, spec)
     if spec.get("log_y"):
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.5, 1, 3 read faster than 5×10⁻¹
@@ -114,16 +116,19 @@ def _minor_log_label(ax, v: float) -> str:
 def _bars(spec: dict) -> Figure:
     bars = spec.get("bars", [])
     labels = [_text(b.get("label", "")) for b in bars]
-    fig = Figure(figsize=(max(4.0, min(9.6, 1.2 + 0.35 * len(bars))), 3.4), layout="constrained")
+    colours = [BAR_COLOURS["highlight" if b.get("highlight") else "other"] for b in bars]
+    keyed = bool(spec.get("hlines")) or len(set(colours)) > 1  # room beside the bars for the legend
+    fig = Figure(figsize=(max(4.0, min(9.6, 1.2 + 0.35 * len(bars))) + (2.4 if keyed else 0), 3.4), layout="constrained")
     ax = fig.subplots()
-    colours = [PALETTE[1] if b.get("highlight") else "#9bb3cf" for b in bars]
     ax.bar(range(len(bars)), _numbers([b.get("value") for b in bars]), color=colours)
     long = len(bars) > 12 or max((len(s) for s in labels), default=0) > 6
     ax.set_xticks(range(len(bars)), labels, rotation=90 if long else 0)
     ax.axhline(0, color="#8a8a8a", lw=0.8)
     ax.grid(axis="x", visible=False)
-    for h in spec.get("hlines", []):
-        ax.axhline(h["y"], color="#444444", ls="--", lw=1, label=_text(h.get("label")))
+    if len(set(colours)) > 1:  # two colours need a key: the spec's words, else plain ones
+        for kind in ("highlight", "other"):
+            ax.bar([0], [0], width=0, color=BAR_COLOURS[kind], label=_text(spec.get(f"{kind}_label", "highlighted" if kind == "highlight" else "other")))
+    _hlines(ax, spec)
     ax.set_xlabel(_text(spec.get("x_label", "")))
     ax.set_ylabel(_text(spec.get("y_label", "")))
     _legend(ax)
@@ -149,17 +154,26 @@ def _heatmap(spec: dict) -> Figure:
         cmap, vmin, vmax = "viridis", lo, hi
     im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="auto")
     ax.grid(False)
-    for axis, labels, n in ((ax.xaxis, spec.get("x_labels"), cols), (ax.yaxis, spec.get("y_labels"), rows)):
-        if labels:
-            every = max(1, math.ceil(n / 64))
-            ticks = list(range(0, n, every))
-            axis.set_ticks(ticks, [_token(labels[i]) for i in ticks], fontsize=7 if n <= 32 else 5)
-    if spec.get("x_labels"):
-        ax.tick_params(axis="x", labelrotation=90)
     ax.set_xlabel(_text(spec.get("x_label", "")))
     ax.set_ylabel(_text(spec.get("y_label", "")))
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=_text(spec.get("value_label", "")))
+    _token_ticks(fig, ax, spec.get("x_labels"), spec.get("y_labels"))
     return fig
+
+
+def _token_ticks(fig: Figure, ax, x_labels: list | None, y_labels: list | None) -> None:
+    """Token labels at a readable size (TICK_PT), every k-th one when the cells are smaller than a line of text."""
+    fig.draw_without_rendering()  # lay out once, so that the size of a cell is known
+    box = ax.get_window_extent()
+    for axis, labels, length in ((ax.xaxis, x_labels, box.width), (ax.yaxis, y_labels, box.height)):
+        if not labels:
+            continue
+        shown = [_token(s) for s in labels]
+        cell = length * 72 / fig.dpi / len(shown)  # points per cell
+        level = axis is ax.yaxis or max(len(s) for s in shown) * 0.62 * TICK_PT + 2 <= cell  # short x labels fit upright
+        every = 1 if axis is ax.xaxis and level else max(1, math.ceil(1.3 * TICK_PT / cell))  # no two labels overlap
+        ticks = list(range(0, len(shown), every))
+        axis.set_ticks(ticks, [shown[i] for i in ticks], fontsize=TICK_PT, rotation=0 if level else 90)
 
 
 def _table(spec: dict) -> Figure:
@@ -188,14 +202,23 @@ def _token(s: Any) -> str:
     return _text(str(s).replace("\n", "\\n").replace("\t", "\\t") or "''")
 
 
+def _hlines(ax, spec: dict) -> None:
+    """Thresholds: dashed lines, each with its own dash pattern, named in the legend."""
+    for i, h in enumerate(spec.get("hlines", [])):
+        ax.axhline(h["y"], color="#444444", ls=HLINE_STYLES[i % len(HLINE_STYLES)], lw=1, label=_text(h.get("label")))
+
+
 def _legend(ax) -> None:
+    """The legend beside the plot, never on it: curves and threshold lines stay readable whatever their shape."""
     handles, labels = ax.get_legend_handles_labels()
     seen = {}
     for h, lab in zip(handles, labels):
         if lab and not lab.startswith("_"):
             seen.setdefault(lab, h)
     if seen:
-        ax.legend(seen.values(), seen.keys(), ncols=max(1, min(4, math.ceil(len(seen) / 6))))
+        wrapped = [textwrap.fill(lab, 28) for lab in seen]
+        ax.legend(seen.values(), wrapped, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                  ncols=max(1, math.ceil(len(seen) / 14)))
 
 
 DRAWERS = {"lines": _lines, "bars": _bars, "heatmap": _heatmap, "table": _table}
@@ -287,6 +310,60 @@ def num_cell(v: Any) -> str:
     return f'<span title="{esc(repr(v))}">{esc(fmt(v))}</span>' if isinstance(v, float) else esc(fmt(v))
 
 
+def numbers_table(numbers: dict) -> str:
+    """Named numbers for a reader: what each one is in words, its value, and its key as the JSON holds it."""
+    rows = [[esc(label(k)), num_cell(v), f"<code>{esc(k)}</code>"] for k, v in numbers.items()]
+    return table(["", "value", "key"], rows, {1}, "evidence")
+
+
+# Words for the keys the trials write; any other key is read by `label`'s rules.
+LABELS = {
+    "steps": "steps grown",
+    "transition_start": "transition: first step",
+    "transition_end": "transition: last step",
+    "transition_window_share": "transition window, as a share of training",
+    "transition_sharpness": "sharpness of the transition (its slope over the steeper slope around it)",
+    "repeated_loss_before": "repeated-half loss before the transition",
+    "repeated_loss_after": "repeated-half loss after the transition",
+    "repeated_loss_final": "repeated-half loss at the end",
+    "repeated_loss_unablated": "repeated-half loss with nothing ablated",
+    "first_induction_step": "first step an induction score passed the bar",
+    "first_previous_token_step": "first step a previous-token score passed the bar",
+    "top_induction_head": "strongest induction head",
+    "top_previous_token_head": "strongest previous-token head",
+    "k_composition_top_pair": "K-composition of the strongest pair",
+    "k_composition_random_q99": "K-composition of random head pairs: 99% quantile",
+    "k_composition_random_mean": "K-composition of random head pairs: mean",
+    "induction_heads": "induction heads (layer 1, above the bar)",
+    "ablate_induction_heads_rise": "rise in loss when every induction head is ablated",
+    "outside_heads": "heads outside the circuit",
+    "ablate_outside_max_rise": "largest rise in loss when one head outside the circuit is ablated",
+    "control_max_induction": "1-layer control: best induction score",
+    "control_repeated_loss_final": "1-layer control: repeated-half loss at the end",
+    "train/loss": "training loss",
+    "eval/loss": "held-out loss",
+}
+WORDS = [  # key fragments → words, in order
+    (r"^watch/", ""), (r"[/_]", " "), (r"\bq(\d+)\b", r"\1% quantile"), (r"\bk composition\b", "K-composition"),
+    (r"\bprevious token\b", "previous-token"), (r"\bdigit(\d+)\b", r"digit \1"), (r"\bacc\b", "accuracy"),
+    (r"\binit\b", "at initialisation"), (r"\bmax\b", "largest"), (r"\beval\b", "held-out"),
+]
+
+
+def label(key: str) -> str:
+    """A key in words: the known ones from LABELS; per-head keys by pattern; any other key with its underscores
+    read as spaces (e.g. "ablate_L0H1_rise" → "rise in loss when L0H1 is ablated")."""
+    if key in LABELS:
+        return LABELS[key]
+    if m := re.fullmatch(r"ablate_(L\d+H\d+)_rise", key):
+        return f"rise in loss when {m[1]} is ablated"
+    if m := re.fullmatch(r"(?:watch/)?([a-z_]+?)[_/](L\d+H\d+)", key):
+        return f"{label(m[1])} score of {m[2]}"
+    for pattern, words in WORDS:
+        key = re.sub(pattern, words, key)
+    return key.strip()
+
+
 def conditions_text(c: Any) -> str:
     if isinstance(c, str):
         return c
@@ -324,8 +401,8 @@ th { font-weight:600; background:#fafafa; }
 .num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
 .mark { font-size:17px; font-weight:700; text-align:center; }
 .mark.yes { color:var(--held); } .mark.no { color:var(--not); } .mark.unknown { color:var(--none); }
-table.evidence td:first-child, code, pre { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, "DejaVu Sans Mono", monospace; }
-table.evidence td:first-child { font-size:13px; }
+table.evidence td:last-child, code, pre { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, "DejaVu Sans Mono", monospace; }
+table.evidence td:last-child { font-size:12px; color:var(--muted); }
 pre { background:#f6f8fa; border:1px solid #eceef1; padding:12px 14px; overflow:auto; font-size:13px; line-height:1.45; }
 figure { margin:26px 0; }
 figure svg { display:block; width:100%; height:auto; margin:0 auto; }
@@ -361,13 +438,12 @@ def render(result: dict) -> str:
         body = "".join(_figure(i, f) for i, f in enumerate(figures))
         sections.append(("figures", "Figures", body))
     if result.get("evidence"):
-        rows = [[f"<code>{esc(k)}</code>", num_cell(v)] for k, v in result["evidence"].items()]
         heading, note = (
-            ("Evidence", "Every number the verdict was computed from.")
+            ("Evidence", "Every number the verdict was computed from, and its key in <code>trial.json</code>.")
             if is_trial
             else ("Last values", "The last logged value of every metric.")
         )
-        sections.append(("evidence", heading, f'<p class="note">{note}</p>' + table(["name", "value"], rows, {1}, "evidence")))
+        sections.append(("evidence", heading, f'<p class="note">{note}</p>' + numbers_table(result["evidence"])))
     if result.get("observer_cost"):
         sections.append(("observer-cost", "Observer cost", _observer_cost(result["observer_cost"])))
     if result.get("emergences") is not None and (result["emergences"] or not is_trial):
@@ -438,7 +514,7 @@ def _observer_cost(cost: dict) -> str:
         pct = f" ({float(share):.1%} of the total)" if share is not None else ""
         line = f"<p>Watching took {esc(duration(obs))} against {esc(duration(train))} of training{esc(pct)}.</p>"
     rest = {k: v for k, v in cost.items() if not line or k not in ("observer_seconds", "train_seconds", "share")}
-    return line + (table(["name", "value"], [[f"<code>{esc(k)}</code>", num_cell(v)] for k, v in rest.items()], {1}, "evidence") if rest else "")
+    return line + (numbers_table(rest) if rest else "")
 
 
 def _emergences(items: list) -> str:

@@ -185,7 +185,11 @@ class Induction(Trial):
             })
         ev.figures.append({
             "kind": "bars", "id": "ablation", "title": "Rise in repeated-half loss when a head is mean-ablated (circuit heads highlighted)",
-            "y_label": "nats", "bars": bars, "hlines": [{"y": RISE_NATS, "label": f"{RISE_NATS:g} nat"}],
+            "y_label": "nats", "bars": bars, "highlight_label": f"in the circuit (induction or previous-token score > {SCORE})",
+            "other_label": "outside the circuit",
+            "hlines": [{"y": RISE_NATS, "label": f"(d) all induction heads: more than {RISE_NATS:g} nat"}]
+            + ([{"y": OUTSIDE_SHARE * n["ablate_induction_heads_rise"], "label": f"(d) each head outside: less than {OUTSIDE_SHARE:.0%} of that"}]
+               if induction_heads else []),
         })
         run.close()
         control_run.close()
