@@ -1,3 +1,4 @@
+import itertools
 import math
 import os
 import signal
@@ -125,6 +126,60 @@ def test_resume_of_a_complete_run_does_nothing(runs, capsys):
     grow(tiny(), runs_dir=runs, progress=False)
     grow(resume=runs / "tiny", progress=False)
     assert "already complete" in capsys.readouterr().out
+
+
+def test_checkpoint_schedule_is_asked_step_by_step_without_listing_it():
+    from seedbed.conditions import Checkpoints
+
+    for sched in (Checkpoints(), Checkpoints(log_until=8, every=10, at=[7, 33, 99]), Checkpoints(log_until=0, every=1)):
+        for total in (1, 35, 64, 1000):
+            assert [s for s in range(total + 1) if sched.due(s, total)] == sched.steps(total)
+    huge = Checkpoints()
+    assert huge.due(10**12, 10**13) and huge.due(10**13, 10**13) and huge.due(256, 10**13)  # every 1000; the end; 2^8
+    assert not huge.due(10**12 + 1, 10**13) and not huge.due(1024, 10**13) and not huge.due(10**13 + 1000, 10**13)
+
+
+def test_growth_never_lists_the_checkpoint_schedule(runs, monkeypatch):
+    """Listing it was a set of every step: 10^12 steps filled the memory before step 1."""
+    from seedbed.conditions import Checkpoints
+
+    def refuse(self, total):
+        raise AssertionError(f"steps({total}) lists the whole schedule")
+
+    monkeypatch.setattr(Checkpoints, "steps", refuse)
+    assert [r.step for r in grow(tiny(), runs_dir=runs, progress=False).checkpoints()] == [0, 1, 2, 4, 8, 10, 20, 30, 40]
+
+
+def test_evaluation_batches_are_made_one_at_a_time(runs):
+    from seedbed.conditions import parse
+    from seedbed.grow import eval_batches
+    from seedbed.soil import resolve
+
+    cond, soil = resolve(tiny())
+    many = cond.model_copy(update={"schedule": cond.schedule.model_copy(update={"eval_batches": 10**9})})
+    first = list(itertools.islice(eval_batches(soil, many), 2))  # building 10^9 up front would never return
+    assert all(torch.equal(b.tokens, soil.eval_batch(i, 8).tokens) for i, b in enumerate(first))
+    # a fixed test set: every example once, in order, in batch-size chunks with a short last one
+    data = tiny_dict(architecture={"n_ctx": 4})
+    data["soil"] = {"kind": "modular-arithmetic", "p": 11, "train_fraction": 0.5}
+    cond, soil = resolve(parse(data))
+    chunks = list(eval_batches(soil, cond.model_copy(update={"schedule": cond.schedule.model_copy(update={"batch_size": 7})})))
+    assert [len(b.tokens) for b in chunks] == [7] * (soil.eval_size // 7) + ([soil.eval_size % 7] if soil.eval_size % 7 else [])
+    assert torch.equal(torch.cat([b.tokens for b in chunks]), soil.eval_batch(0, soil.eval_size).tokens)
+
+
+def test_a_failed_start_leaves_no_run_behind(runs, monkeypatch):
+    from seedbed import grow as grow_module
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("pretend the model does not fit")
+
+    monkeypatch.setattr(grow_module, "Transformer", no_memory)
+    with pytest.raises(MemoryError):
+        grow(tiny(), runs_dir=runs, progress=False)
+    assert not (runs / "tiny").exists()
+    monkeypatch.undo()
+    assert grow(tiny(), runs_dir=runs, progress=False).steps_done() == 40  # the name is free
 
 
 LONG = tiny_dict(schedule={"steps": 400, "eval_every": 50}, checkpoints={"log_until": 0, "every": 10})

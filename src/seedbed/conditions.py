@@ -206,8 +206,15 @@ class Checkpoints(_Strict):
     every: int = Field(1000, ge=1)
     at: list[int] = Field(default_factory=list, description="extra steps to keep")
 
+    def due(self, step: int, total: int) -> bool:
+        """Whether a checkpoint is written at `step` of `total`, without listing the schedule (totals may be huge)."""
+        if not 0 <= step <= total:
+            return False
+        power_of_two = step > 0 and step & (step - 1) == 0
+        return step in (0, total) or (power_of_two and step <= self.log_until) or step % self.every == 0 or step in self.at
+
     def steps(self, total: int) -> list[int]:
-        """Every step (0..total) at which a checkpoint is written."""
+        """Every step (0..total) at which a checkpoint is written, for listing; growth asks `due` step by step."""
         chosen = {0, total}
         s = 1
         while s <= min(self.log_until, total):

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
+import sqlite3
 import time
 from collections import deque
 from contextlib import contextmanager, nullcontext
@@ -60,6 +62,7 @@ class Distributed:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this process started the process group, so it must end it
 
     @classmethod
     def from_env(cls, backend: str) -> "Distributed":
@@ -68,9 +71,21 @@ class Distributed:
             return cls()
         if backend == "nccl":  # one GPU per process, chosen before NCCL starts
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        if not torch_dist.is_initialized():
+        owns = not torch_dist.is_initialized()
+        if owns:
             torch_dist.init_process_group(backend)
-        return cls(torch_dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+        return cls(torch_dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")), owns)
+
+    def close(self, together: bool) -> None:
+        """End the process group this process started. Left to the interpreter's exit, gloo's threads can
+        outlive it and abort the process ("terminate called without an active exception"), failing a
+        finished run. `together`: every rank got here normally, so wait for the others first."""
+        if not self.owns_group:
+            return
+        if together:
+            torch_dist.barrier()
+        torch_dist.destroy_process_group()
+        self.owns_group = False
 
     @property
     def main(self) -> bool:
@@ -143,20 +158,28 @@ def autocast(device: torch.device, precision: str):
     return nullcontext()
 
 
+def eval_batches(soil: SoilBase, cond: Conditions) -> Iterator[Batch]:
+    """The held-out batches, one at a time: however many there are, only one is in memory."""
+    size = cond.schedule.batch_size
+    if soil.eval_size is None:
+        for i in range(cond.schedule.eval_batches):
+            yield soil.eval_batch(i, size)
+        return
+    # a fixed test set: all of it, in chunks; the last chunk is cut to the set's end
+    chunk = min(size, 4096, soil.eval_size)
+    n_chunks = math.ceil(soil.eval_size / chunk)
+    for i in range(n_chunks):
+        batch = soil.eval_batch(i, chunk)
+        yield batch if i < n_chunks - 1 else batch.rows(slice(0, soil.eval_size - chunk * (n_chunks - 1)))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, soil: SoilBase, cond: Conditions, device: torch.device) -> dict[str, float]:
     """Held-out loss and accuracy on the objective's positions, plus the soil's own metrics."""
     model.eval()
-    size = cond.schedule.batch_size
-    if soil.eval_size is not None:  # a fixed test set: all of it, in chunks
-        chunk = min(size, 4096, soil.eval_size)
-        batches = [soil.eval_batch(i, chunk) for i in range(math.ceil(soil.eval_size / chunk))]
-        batches[-1] = batches[-1].rows(slice(0, soil.eval_size - chunk * (len(batches) - 1)))
-    else:
-        batches = [soil.eval_batch(i, size) for i in range(cond.schedule.eval_batches)]
     loss_sum = correct_sum = count = rows = 0.0
     extra: dict[str, float] = {}
-    for batch in batches:
+    for batch in eval_batches(soil, cond):
         batch = batch.to(device)
         with autocast(device, cond.precision):
             logits = model(batch.inputs)
@@ -239,11 +262,12 @@ def grow(
     """
     console = console or Console()
     if (conditions is None) == (resume is None):
-        raise SeedbedError("give a conditions file (seedbed grow examples/induction-tiny.toml) or --resume runs/NAME, not both")
+        raise SeedbedError("give a conditions file (seedbed grow examples/induction.toml) or --resume runs/NAME, not both")
 
     if resume is not None:
         run_path = Path(resume)
         Run.check_exists(run_path)
+        refuse_if_diverged(run_path)
         saved = conditions_module.load(run_path / "conditions.toml")
         soil = make_soil(saved)
         if soil.artifacts() != Run.read_artifacts(run_path):
@@ -262,6 +286,18 @@ def grow(
 
     backend = "nccl" if cond.device != "cpu" and torch.cuda.is_available() else "gloo"
     dist = Distributed.from_env(backend)
+    try:
+        run = _start(cond, soil, run_path, runs_dir, resume is not None, dist, observers, observe_every, listeners, progress, console)
+    except BaseException:
+        dist.close(together=False)  # a barrier could wait forever for a rank that failed elsewhere
+        raise
+    dist.close(together=True)
+    return run
+
+
+def _start(cond, soil, run_path, runs_dir, resuming, dist, observers, observe_every, listeners, progress, console) -> Run:
+    """Make (or open) the run folder and lock it, then grow; a new run that fails before its first
+    checkpoint is removed, so that a failed start never takes the name."""
     device = pick_device(cond.device, dist)
     say = (lambda m: console.print(m, soft_wrap=True, highlight=False)) if dist.main else (lambda m: None)
     if observe_every is not None and observe_every < 1:
@@ -271,17 +307,49 @@ def grow(
             raise SeedbedError(f"schedule.batch_size={cond.schedule.batch_size} is smaller than {dist.world} processes: raise it")
 
     lock, run = RunLock(run_path), None
-    if resume is None:
+    if not resuming:
         dist.barrier()  # every rank has checked the name before rank 0 creates the folder
     if dist.main:
-        run = Run.create(Path(runs_dir), run_path.name, cond, soil.artifacts()) if resume is None else Run.open(run_path)
-        lock.acquire()
+        run = Run.open(run_path) if resuming else Run.create(Path(runs_dir), run_path.name, cond, soil.artifacts())
     try:
-        watching = Watching(observers, observe_every, listeners)
-        return _grow(cond, soil, run, run_path, resume is not None, dist, device, watching, progress, console, say)
-    finally:
         if dist.main:
-            lock.release()
+            lock.acquire()
+        try:
+            watching = Watching(observers, observe_every, listeners)
+            return _grow(cond, soil, run, run_path, resuming, dist, device, watching, progress, console, say)
+        finally:
+            if dist.main:
+                lock.release()
+    except BaseException:
+        if run is not None and not resuming:
+            discard_if_unstarted(run)
+        raise
+
+
+def discard_if_unstarted(run: Run) -> None:
+    """Remove a run this call created if it has no step-0 checkpoint: it holds nothing worth keeping."""
+    try:
+        started = any(r.step == 0 for r in run.checkpoints())
+    except sqlite3.Error:  # an index that cannot even be read (a full disk)
+        started = False
+    if not started:
+        run.close()
+        shutil.rmtree(run.path, ignore_errors=True)
+
+
+def refuse_if_diverged(run_path: Path) -> None:
+    """A diverged run would diverge again at the same step (its conditions are fixed): say so instead."""
+    reader = Run.open(run_path, readonly=True)
+    try:
+        diverged = [(step, text) for step, kind, text in reader.events() if kind == "diverged"]
+    finally:
+        reader.close()
+    if diverged:
+        step = diverged[-1][0]
+        raise SeedbedError(
+            f"run '{run_path}' diverged at step {step}: resuming it would diverge again at the same step; grow a new run "
+            f"from its conditions.toml with a lower optimizer.lr (its checkpoints up to step {step - 1} stay readable)"
+        )
 
 
 @dataclass
@@ -297,10 +365,10 @@ class Watching:
         self.extra_checkpoints: set[int] = set()
         self.recent: deque[checkpoint.Encoded] = deque(maxlen=RECENT_SNAPSHOTS)
 
-    def due(self, step: int, ckpt_steps: set[int], eval_every: int) -> bool:
+    def due(self, step: int, checkpointing: bool, eval_every: int) -> bool:
         if not self.observers:
             return False
-        return step in ckpt_steps or step % eval_every == 0 or (self.every is not None and step % self.every == 0)
+        return checkpointing or step % eval_every == 0 or (self.every is not None and step % self.every == 0)
 
     def observe(self, model: nn.Module, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -336,7 +404,6 @@ def _grow(cond, soil, run, run_path, resuming, dist, device, watching, progress,
     torch.manual_seed(cond.seed + dist.rank)  # only dropout draws from the global RNG
     params = list(model.parameters())
     start = 0
-    ckpt_steps = set(cond.checkpoints.steps(total))
 
     def snapshot_now(step: int) -> Callable[[], checkpoint.Encoded] | None:
         # recent checkpoints kept in memory only in a single process: a past checkpoint
@@ -345,11 +412,11 @@ def _grow(cond, soil, run, run_path, resuming, dist, device, watching, progress,
 
     def observe(step: int, metrics: dict[str, float]) -> None:
         """Observe (main process only), store everything measured at `step`, tell the listeners."""
-        observed = watching.observe(model, step)
+        observed = finite(watching.observe(model, step))
         metrics.update(observed)
         if watching.observers:
             metrics.update({"time/observe_s": watching.observe_s, "time/train_s": watching.train_s})
-        run.log_metrics(step, metrics)
+        run.log_metrics(step, finite(metrics))
         run.commit()
         watching.hear(run, step, observed, snapshot_now(step))
 
@@ -377,6 +444,7 @@ def _grow(cond, soil, run, run_path, resuming, dist, device, watching, progress,
         step = start
         while step < total:
             t0 = time.perf_counter()
+            rng_before = torch.get_rng_state()  # dropout's draws, undone if this step diverges
             batch = soil.train_batch(step, batch_size)
             targets = loss_targets(batch, cond.objective.loss_on)
             n_loss_tokens = int((targets != -100).sum())  # over the global batch
@@ -395,10 +463,21 @@ def _grow(cond, soil, run, run_path, resuming, dist, device, watching, progress,
             wants_ckpt = torch.tensor([float(step + 1 in watching.extra_checkpoints)], device=device)
             reduced = _all_reduce_grads(params, dist, [loss_sum.detach().view(1), wants_stop, wants_ckpt])
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cond.optimizer.grad_clip or math.inf, foreach=True)
+            # both are all-reduced, so every rank sees the same values and stops at the same step
+            loss_value = reduced[0].item() / n_loss_tokens
+            if not (math.isfinite(loss_value) and math.isfinite(grad_norm.item())):
+                torch.set_rng_state(rng_before)
+                has_checkpoint = dist.share(dist.main and any(r.step == step for r in run.checkpoints()))
+                if not has_checkpoint:  # the weights before the bad step; the optimizer has not taken it
+                    _save(run if dist.main else None, model, opt, step, tokens_per_step, dist)
+                why = divergence(step + 1, loss_value, grad_norm.item(), cond)
+                if dist.main:
+                    run.commit()
+                    run.log_event(step + 1, "diverged", why)
+                raise SeedbedError(f"run '{run_path}' {why}")
             opt.step()
             opt.zero_grad(set_to_none=True)
             step += 1
-            loss_value = reduced[0].item() / n_loss_tokens
             stop_now = reduced[1].item() > 0
             watching.train_s += time.perf_counter() - t0
             steps_since += 1
@@ -406,7 +485,8 @@ def _grow(cond, soil, run, run_path, resuming, dist, device, watching, progress,
             if dist.main:
                 run.log_metrics(step, {"train/loss": loss_value})
             evaluating_now = step % sched.eval_every == 0 or step == total
-            if dist.main and (evaluating_now or watching.due(step, ckpt_steps, sched.eval_every)):
+            checkpointing = cond.checkpoints.due(step, total)
+            if dist.main and (evaluating_now or watching.due(step, checkpointing, sched.eval_every)):
                 t1 = time.perf_counter()
                 metrics: dict[str, float] = {}
                 if evaluating_now:
@@ -422,7 +502,7 @@ def _grow(cond, soil, run, run_path, resuming, dist, device, watching, progress,
                 steps_since, train_time_then = 0, watching.train_s
             if bar is not None:
                 bar.update(bar.task_ids[0], completed=step, loss=f"{loss_value:.3f}")
-            if step in ckpt_steps or stop_now or reduced[2].item() > 0:
+            if checkpointing or stop_now or reduced[2].item() > 0:
                 _save(run if dist.main else None, model, opt, step, tokens_per_step, dist)
             if stop_now and step < total:
                 if dist.main:
@@ -436,8 +516,29 @@ def _grow(cond, soil, run, run_path, resuming, dist, device, watching, progress,
             spent += f"; observers {watching.observe_s:.1f}s = {watching.observe_s / max(watching.train_s, 1e-9):.1%} of training time"
         run.log_event(total, "done", f"grew {total:,} steps; {spent}")
         final = run.last_metric("eval/loss")
-        say(f"[green]grew {run.name}[/]: {total:,} steps, train loss {loss_value:.4f}, eval loss {final:.4f} → {run_path}")
+        held_out = "" if final is None else f", eval loss {final:.4f}"
+        say(f"[green]grew {run.name}[/]: {total:,} steps, train loss {loss_value:.4f}{held_out} → {run_path}")
     return run
+
+
+def finite(values: dict[str, float]) -> dict[str, float]:
+    """Only the finite values: SQLite stores NaN as NULL, which every reader of the run would trip on."""
+    return {k: v for k, v in values.items() if math.isfinite(v)}
+
+
+def divergence(step: int, loss: float, grad_norm: float, cond: Conditions) -> str:
+    """What went wrong at `step` and what to change: a too-high learning rate is by far the likeliest cause."""
+    bad, value = ("loss", loss) if not math.isfinite(loss) else ("gradient norm", grad_norm)
+    fixes = ["lower optimizer.lr"]
+    if cond.schedule.warmup_steps == 0:
+        fixes.append("add schedule.warmup_steps")
+    if not cond.optimizer.grad_clip:
+        fixes.append("set optimizer.grad_clip")
+    advice = ", ".join(fixes[:-1]) + " or " + fixes[-1] if len(fixes) > 1 else fixes[0]
+    return (
+        f"diverged at step {step}: the {bad} became {'NaN' if math.isnan(value) else 'infinite'} "
+        f"(optimizer.lr={cond.optimizer.lr:g} is likely too high): {advice}; the weights up to step {step - 1} are saved"
+    )
 
 
 def _all_reduce_grads(params: list[Tensor], dist: Distributed, extras: list[Tensor]) -> Tensor:
