@@ -2,7 +2,7 @@
 offline, logs no error, fetches nothing, and lays out every figure with a non-empty box.
 
 CI installs Chromium from Debian (.ci/run) and sets CI, so there a missing browser fails the test;
-elsewhere it is skipped.
+elsewhere it is skipped. It screenshots the whole page, to look at: SEEDBED_SCREENSHOT=PATH keeps it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from seedbed.report import write_report
+from seedbed.report import label, write_report
 
 from test_report import trial_result, write_trial
 
@@ -93,4 +93,13 @@ def check_in_browser(tmp_path: Path, browser) -> None:
     # the escaped text shows as text, and no element came from it
     assert '<script>alert("x")</script>' in page.locator("blockquote").inner_text()
     assert page.locator("script").count() == 0
+
+    # the evidence reads as words, its keys beside
+    first_key, first_row = next(iter(result["evidence"])), page.locator("table.evidence tbody tr").first
+    assert first_row.locator("td").first.inner_text() == label(first_key)
+    assert first_row.locator("code").inner_text() == first_key
+
+    shot = Path(os.environ.get("SEEDBED_SCREENSHOT") or tmp_path / "report.png")
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page.close()

@@ -64,6 +64,7 @@ def test_evidence_keys_are_shown_in_words_with_the_key_beside():
     assert label("previous_token_L0H3") == "previous-token score of L0H3"
     assert label("watch/induction/L1H2") == "induction score of L1H2"
     assert label("k_composition_random_q99") == "K-composition of random head pairs: 99% quantile"
+    assert label("induction_score_L1H3") == "induction score of L1H3"
     assert label("some_new_number") == "some new number"  # an unknown key still reads as words
 
     result = trial_result()

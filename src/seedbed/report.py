@@ -313,7 +313,7 @@ def num_cell(v: Any) -> str:
 def numbers_table(numbers: dict) -> str:
     """Named numbers for a reader: what each one is in words, its value, and its key as the JSON holds it."""
     rows = [[esc(label(k)), num_cell(v), f"<code>{esc(k)}</code>"] for k, v in numbers.items()]
-    return table(["", "value", "key"], rows, {1}, "evidence")
+    return table(["measurement", "value", "key"], rows, {1}, "evidence")
 
 
 # Words for the keys the trials write; any other key is read by `label`'s rules.
@@ -346,7 +346,7 @@ LABELS = {
 WORDS = [  # key fragments → words, in order
     (r"^watch/", ""), (r"[/_]", " "), (r"\bq(\d+)\b", r"\1% quantile"), (r"\bk composition\b", "K-composition"),
     (r"\bprevious token\b", "previous-token"), (r"\bdigit(\d+)\b", r"digit \1"), (r"\bacc\b", "accuracy"),
-    (r"\binit\b", "at initialisation"), (r"\bmax\b", "largest"), (r"\beval\b", "held-out"),
+    (r"\binit\b", "at initialisation"), (r"\bicl\b", "ICL"), (r"\bmax\b", "largest"), (r"\beval\b", "held-out"),
 ]
 
 
@@ -358,7 +358,8 @@ def label(key: str) -> str:
     if m := re.fullmatch(r"ablate_(L\d+H\d+)_rise", key):
         return f"rise in loss when {m[1]} is ablated"
     if m := re.fullmatch(r"(?:watch/)?([a-z_]+?)[_/](L\d+H\d+)", key):
-        return f"{label(m[1])} score of {m[2]}"
+        what = label(m[1])
+        return f"{what} of {m[2]}" if what.endswith("score") else f"{what} score of {m[2]}"
     for pattern, words in WORDS:
         key = re.sub(pattern, words, key)
     return key.strip()
