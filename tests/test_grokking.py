@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import cli
+from test_trials import assert_preregistered
 
 from seedbed.conditions import ModularArithmetic, parse
 from seedbed.model import Transformer
@@ -141,7 +142,10 @@ def test_grokking_trial_tiny_end_to_end(tmp_path: Path):
     assert r.returncode == 0, r.stderr
     folder = tmp_path / "runs" / "grokking-tiny-seed0"
     result = json.loads((folder / "trial.json").read_text())
-    assert result["prediction_written"] <= result["finished"]
+    assert_preregistered(folder, "grokking.py")  # prediction.json, written before the main run's first event
+    # tiny is for the tests: memorised by step 40 but test accuracy left chance at once and never passed 95%
+    assert result["verdict"] == "did not hold"
+    assert {p["id"]: p["held"] for p in result["predictions"]} == {"a": True, "b": False, "c": False, "d": False, "e": None, "f": False, "g": True}
     assert [p["id"] for p in result["predictions"]] == list("abcdefg")
     assert all(p["measured"] and p["measured"] != "not measured" for p in result["predictions"])
     ev = result["evidence"]

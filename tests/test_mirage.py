@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 from conftest import cli
+from test_trials import assert_preregistered
 from seedbed.conditions import DigitAddition
 from seedbed.soil.synthetic import DigitAdditionSoil
 from seedbed.trials import Evidence, get
@@ -155,6 +155,8 @@ def test_no_gain_in_exact_match_fails_a_and_leaves_b_open():
     assert held["a"] is False and held["b"] is None
 
 
+VERDICT_TINY, HELD_TINY = "did not hold", {"a": False, "b": None, "c": False, "d": False}  # tiny learns too little: observed, deterministic
+
 @pytest.mark.slow
 def test_mirage_trial_tiny_end_to_end(tmp_path: Path):
     """`seedbed trial mirage --scale tiny`: a verdict, every prediction measured, the evidence, figures and a report."""
@@ -163,13 +165,10 @@ def test_mirage_trial_tiny_end_to_end(tmp_path: Path):
     assert "verdict:" in r.stdout
     folder = tmp_path / "runs" / "mirage-tiny-seed0"
     result = json.loads((folder / "trial.json").read_text())
-    assert result["verdict"] in ("held", "did not hold", "inconclusive")
+    assert result["verdict"] == VERDICT_TINY and {p["id"]: p["held"] for p in result["predictions"]} == HELD_TINY
     assert [p["id"] for p in result["predictions"]] == ["a", "b", "c", "d"]
     assert all(p["measured"] and p["measured"] != "not measured" for p in result["predictions"])
-    # the prediction was fixed before anything grew: its time is no later than the main run's creation
-    written = datetime.fromisoformat(result["prediction_written"])
-    created = datetime.fromtimestamp((folder / "conditions.toml").stat().st_mtime, tz=timezone.utc)
-    assert written <= created.replace(microsecond=0)
+    assert_preregistered(folder, "mirage.py")  # prediction.json, written before the main run's first event
     assert [p["threshold"] for p in result["predictions"]] == [p.threshold for p in Mirage.predictions]
     n = result["evidence"]
     for key in ("exact_match_rise_share", "log_likelihood_span_ratio", "edit_distance_span_ratio", "digit_half_spread_share",
@@ -179,4 +178,4 @@ def test_mirage_trial_tiny_end_to_end(tmp_path: Path):
     assert {f["id"] for f in result["figures"]} >= {"over-steps", "over-size", "digits"}
     assert result["observer_cost"]["share"] < 0.5
     assert (folder / "report.html").stat().st_size > 10_000 and (folder / "report-main.png").is_file()
-    assert all((folder / f"d{w}" / "run.sqlite").is_file() for w in (8, 16))
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["d16", "d8", "main"]

@@ -28,11 +28,12 @@ import multiprocessing
 import platform
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -42,7 +43,17 @@ from seedbed.errors import SeedbedError
 from seedbed.files import write_atomic
 from seedbed.run import Run
 from seedbed.threads import available_cores, threads_for
-from seedbed.trials.base import HELD, INCONCLUSIVE, MAIN, NOT_HELD, SCALES, Check, Trial, get, verdict
+from seedbed.trials.base import (
+    HELD,
+    INCONCLUSIVE,
+    MAIN,
+    NOT_HELD,
+    SCALES,
+    Check,
+    Trial,
+    get,
+    verdict,
+)
 
 PREDICTION, RESULT, SUMMARY = "prediction.json", "trial.json", "summary.json"
 STOPPING = ".stopping"  # in the folder being grown while Ctrl-C stops its worker processes
@@ -50,7 +61,7 @@ Say = Callable[[str], None]
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 # ── what is asked, checked before anything is written ────────────────────────
@@ -122,7 +133,7 @@ def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None =
     if seeds is not None:
         return run_seeds(trial, scale, seed, seeds, out, Path(runs_dir), console or Console())
     console = console or Console()
-    say: Say = lambda m: console.print(m, soft_wrap=True, highlight=False)  # noqa: E731
+    say: Say = lambda m: console.print(m, soft_wrap=True, highlight=False)
     out = Path(out) if out is not None else free_folder(Path(runs_dir), f"{name}-{scale}-seed{seed}")
     t0 = time.perf_counter()
     announce(trial, f"{scale}, seed {seed}", say)
@@ -192,7 +203,7 @@ def finish(trial: Trial, pre: dict[str, Any], out: Path, say: Say) -> dict[str, 
 
 
 def seconds_since(iso: str) -> float:
-    return (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds()
+    return (datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds()
 
 
 def check_grown(out: Path, runs: dict[str, str]) -> None:
@@ -258,7 +269,7 @@ def grow_in_pool(trial: Trial, scale: str, jobs: list[tuple[Path, str, Condition
     """
     from seedbed.grow import Interrupted
 
-    label = lambda folder, k: str((folder / k).relative_to(top))  # noqa: E731
+    label = lambda folder, k: str((folder / k).relative_to(top))
     say(f"growing {len(jobs)} runs in {workers} processes: {', '.join(label(f, k) for f, k, _ in jobs)}")
     threads = threads_for(workers)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
@@ -301,17 +312,16 @@ def _grow_in_process(trial_name: str, options: dict, scale: str, cond: dict, fol
     torch.set_num_threads(threads)
     console = Console()
     where = str((Path(folder) / name).relative_to(top))
-    say = lambda m: console.print(f"[dim]{where}:[/] {m}", soft_wrap=True, highlight=False)  # noqa: E731
+    say = lambda m: console.print(f"[dim]{where}:[/] {m}", soft_wrap=True, highlight=False)
     grow_one(get(trial_name, options), scale, parse(cond), Path(folder), name, say, False, console)
 
 
 # ── many seeds ──────────────────────────────────────────────────────────────
 def run_seeds(trial: Trial, scale: str, first: int, n: int, out: Path | None, runs_dir: Path, console: Console) -> Path:
     """The trial on `n` seeds, each a whole trial in OUT/seed-K; then OUT/summary.json and OUT/report.html."""
-    say: Say = lambda m: console.print(m, soft_wrap=True, highlight=False)  # noqa: E731
-    stride = trial.seeds_per_trial(scale)  # the seeds trial grows several seeds per trial: none is shared
-    seeds = [first + i * stride for i in range(n)]
-    last = seeds[-1] + stride - 1
+    say: Say = lambda m: console.print(m, soft_wrap=True, highlight=False)
+    seeds = replicate_seeds(trial, scale, first, n)
+    last = seeds[-1] + trial.seeds_per_trial(scale) - 1
     out = Path(out) if out is not None else free_folder(runs_dir, f"{trial.name}-{scale}-seeds{first}-{last}")
     announce(trial, f"{scale}, {n} seed{'s' if n > 1 else ''} from {first}", say)
     rule = holds_rule(trial.holds_on, n)
@@ -342,6 +352,12 @@ def run_seeds(trial: Trial, scale: str, first: int, n: int, out: Path | None, ru
         say(f"  ({p['id']}) held on {p['held']} of {n} seeds (95% interval {lo:.0%}–{hi:.0%})")
     say(f"[bold {colour}]verdict across seeds: {summary['verdict']}[/] ({summary['why']}) → {out / 'report.html'}")
     return out
+
+
+def replicate_seeds(trial: Trial, scale: str, first: int, n: int) -> list[int]:
+    """The seed of each of the `n` trials: consecutive, or blocks apart when one trial grows several seeds (none shared)."""
+    stride = trial.seeds_per_trial(scale)
+    return [first + i * stride for i in range(n)]
 
 
 def holds_rule(holds_on: float, n: int) -> str:
