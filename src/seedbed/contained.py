@@ -18,9 +18,9 @@ import errno
 import os
 import shutil
 import stat
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 from seedbed.errors import SeedbedError
 
@@ -35,7 +35,7 @@ class Unsafe(SeedbedError):
 def inside(root: Path, relative: str) -> Path:
     """`root / relative`, refused if `relative` could lead out of `root` (absolute, `..`, a symbolic link on the way)."""
     rel = PurePosixPath(relative)
-    if not relative or "\x00" in relative or rel.is_absolute() or any(p in ("..", ".") for p in rel.parts):
+    if not rel.parts or "\x00" in relative or rel.is_absolute() or any(p in ("..", ".") for p in rel.parts):
         raise Unsafe(f"{relative!r} is not a path inside the run folder")
     path = Path(root)
     for part in rel.parts:

@@ -21,10 +21,11 @@ import stat
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar
 
 from seedbed import conditions as conditions_module
 from seedbed import contained
@@ -119,7 +120,7 @@ class Run:
         return path
 
     @classmethod
-    def create(cls, runs_dir: Path, name: str, conditions: Conditions, artifacts: dict[str, Any]) -> "Run":
+    def create(cls, runs_dir: Path, name: str, conditions: Conditions, artifacts: dict[str, Any]) -> Run:
         """Make the run folder whole under a hidden name, then rename it into place: a failed start leaves nothing.
 
         The new run's lock is taken before it appears and held until this process's `RunLock.acquire()`
@@ -131,7 +132,7 @@ class Run:
             runs_dir.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=runs_dir, prefix=f".{name}.", suffix=".new"))
         except OSError as err:
-            raise SeedbedError(f"cannot create a run in '{runs_dir}': {err.strerror or err}: check the path, its permissions and free space") from None
+            raise SeedbedError(f"cannot use '{runs_dir}' for a new run: {err.strerror or err}: check the path, its permissions and free space") from None
         lock = RunLock(tmp)
         try:
             (tmp / "checkpoints").mkdir()
@@ -144,7 +145,10 @@ class Run:
             lock.release()
             contained.remove_tree(runs_dir, tmp.name)
             if isinstance(err, OSError):
-                raise SeedbedError(f"cannot create '{path}': {err.strerror or err} ({contained.free_space(runs_dir)} free on its disk): check the folder, its permissions and free space") from None
+                raise SeedbedError(
+                    f"cannot use '{path}' for a new run: {err.strerror or err} ({contained.free_space(runs_dir)} free on its disk): "
+                    "check the folder, its permissions and free space"
+                ) from None
             raise
         lock.file = path / "run.lock"  # the same file, renamed with its folder
         lock.offer()
@@ -159,7 +163,7 @@ class Run:
         Run.check_files(path)
 
     @classmethod
-    def open(cls, path: str | Path, readonly: bool = False) -> "Run":
+    def open(cls, path: str | Path, readonly: bool = False) -> Run:
         path = Path(path)
         cls.check_exists(path)
         return cls(path, readonly)
@@ -297,7 +301,7 @@ class RunLock:
     """
 
     # run.lock files (by device and inode) locked by `Run.create` in this process, waiting for their grower
-    _offered: dict[tuple[int, int], RunLock] = {}
+    _offered: ClassVar[dict[tuple[int, int], RunLock]] = {}
     _offered_guard = threading.Lock()
 
     def __init__(self, run_path: Path) -> None:

@@ -168,7 +168,8 @@ def last_verdicts(runs_dir: Path) -> dict[str, dict]:
             r = json.loads(contained.open_regular(f, contained.JSON_MAX_BYTES))
         except (OSError, ValueError, contained.Unsafe):  # unreadable, a link or a FIFO (contained.Unsafe), not JSON, not UTF-8
             continue
-        if not isinstance(r, dict) or not all(isinstance(r.get(k), str) and r[k] for k in ("trial", "verdict", "finished")):
+        listed = isinstance(r, dict) and all(isinstance(r.get(k), str) and r[k] for k in ("trial", "verdict", "finished", "scale"))
+        if not listed or not isinstance(r.get("seed"), int) or isinstance(r["seed"], bool):  # what `seedbed trials` shows
             continue
         if r["finished"] >= found.get(r["trial"], {}).get("finished", ""):
             found[r["trial"]] = {**r, "path": str(f.parent)}
