@@ -99,7 +99,7 @@ def test_checkpoint_path_leading_outside_is_corrupt_and_nothing_outside_is_renam
 
 def test_inside_refuses_every_escape(tmp_path):
     (tmp_path / "link").symlink_to("/")
-    for bad in ("/etc/passwd", "../x", "a/../../x", "link/etc/passwd", "", ".", "a\x00b"):
+    for bad in ("/etc/passwd", "../x", "a/../../x", "link/etc/passwd", "", ".", "a\x00b", 5, b"x"):
         with pytest.raises(contained.Unsafe):
             contained.inside(tmp_path, bad)
     assert contained.inside(tmp_path, "checkpoints/step-000001.safetensors") == tmp_path / "checkpoints" / "step-000001.safetensors"

@@ -34,6 +34,8 @@ class Unsafe(SeedbedError):
 
 def inside(root: Path, relative: str) -> Path:
     """`root / relative`, refused if `relative` could lead out of `root` (absolute, `..`, a symbolic link on the way)."""
+    if not isinstance(relative, str):  # SQLite keeps whatever type was stored
+        raise Unsafe(f"{relative!r} is not a path inside the run folder")
     rel = PurePosixPath(relative)
     if not rel.parts or "\x00" in relative or rel.is_absolute() or any(p in ("..", ".") for p in rel.parts):
         raise Unsafe(f"{relative!r} is not a path inside the run folder")
