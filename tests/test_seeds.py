@@ -57,22 +57,26 @@ def test_too_few_onsets_is_inconclusive():
 
 
 def test_seeds_conditions_differ_only_in_the_seed():
-    runs = Seeds(n_seeds=3).conditions("small", seed=7)
+    runs = Seeds(n=3).conditions("small", seed=7)
     assert list(runs) == ["main", "grokking-seed8", "grokking-seed9", "induction-seed7", "induction-seed8", "induction-seed9"]
     strip = lambda c: c.model_dump(exclude={"seed"})
     assert strip(runs["main"]) == strip(runs["grokking-seed9"]) and runs["main"].seed == 7
     assert strip(runs["induction-seed7"]) == strip(runs["induction-seed9"]) and runs["induction-seed9"].seed == 9
+    assert len(Seeds().conditions("small", seed=0)) == 10  # 5 seeds at small unless --option n says otherwise
 
 
 def test_seeds_option_is_checked(tmp_path: Path):
-    with pytest.raises(SeedbedError, match="seeds trial only"):
-        run_trial("induction", scale="tiny", n_seeds=3, out=tmp_path / "x")
-    with pytest.raises(SeedbedError, match="at least 2"):
-        run_trial("seeds", scale="tiny", n_seeds=1, out=tmp_path / "x")
+    with pytest.raises(SeedbedError, match="has no option 'n'"):
+        run_trial("induction", scale="tiny", options={"n": 3}, out=tmp_path / "x")
+    with pytest.raises(SeedbedError, match="whole number ≥ 2"):
+        run_trial("seeds", scale="tiny", options={"n": 1}, out=tmp_path / "x")
     assert not (tmp_path / "x").exists()
-    r = cli("trial", "grokking", "--seeds", "3", cwd=tmp_path)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--seeds" in r.stderr
+    r = cli("trial", "grokking", "--option", "n=3", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no option 'n'" in r.stderr
+    assert list(tmp_path.iterdir()) == []
 
+
+VERDICT_TINY, HELD_TINY = "did not hold", {"a": False, "b": False, "c": None, "d": False}  # tiny: 2 seeds, too short; observed, deterministic
 
 @pytest.mark.slow
 def test_seeds_trial_tiny_end_to_end(tmp_path: Path):
@@ -80,12 +84,14 @@ def test_seeds_trial_tiny_end_to_end(tmp_path: Path):
     assert r.returncode == 0, r.stderr
     assert "in 2 processes" in r.stdout
     folder = tmp_path / "runs" / "seeds-tiny-seed3"
-    for name in ("grokking-seed4", "induction-seed3", "induction-seed4"):
+    for name in ("main", "grokking-seed4", "induction-seed3", "induction-seed4"):
         assert (folder / name / "run.sqlite").is_file()
+    assert (folder / "prediction.json").stat().st_mtime < (folder / "main" / "run.sqlite").stat().st_mtime
     result = json.loads((folder / "trial.json").read_text())
     ev = result["evidence"]
     assert [r["seed"] for r in ev["runs"]] == [3, 4, 3, 4]
     assert [r["kind"] for r in ev["runs"]] == ["grokking", "grokking", "induction", "induction"]
     assert len(ev["induction_heads"]) == 2 and len(ev["key_frequency_sets"]) == 2
     assert all(p["measured"] != "not measured" for p in result["predictions"])
+    assert result["verdict"] == VERDICT_TINY and {p["id"]: p["held"] for p in result["predictions"]} == HELD_TINY
     assert (folder / "report.html").stat().st_size > 10_000
