@@ -82,5 +82,5 @@ def test_read_does_not_follow_a_linked_read_folder_out_of_the_run(tmp_path: Path
     outside.mkdir()
     (tmp_path / "linked" / "read").symlink_to(outside)
     r = cli("read", str(tmp_path / "linked"), cwd=tmp_path)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a plain folder" in r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "symbolic link" in r.stderr
     assert not any(outside.iterdir())

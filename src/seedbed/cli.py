@@ -152,8 +152,9 @@ def _check_new_or_empty(out: Path) -> None:
 
 def _free_folder(parent: Path, name: str) -> Path:
     """parent/name, or parent/name-2, -3 … if an earlier read is there; never outside the run (`read/` may be a link)."""
-    if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
-        raise SeedbedError(f"'{parent}' is not a plain folder of the run: remove it, or give --out")
+    from seedbed.contained import check_kind
+
+    check_kind(parent, "dir")
     folder, n = parent / name, 2
     while folder.exists() or folder.is_symlink():
         folder, n = parent / f"{name}-{n}", n + 1
