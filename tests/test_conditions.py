@@ -3,13 +3,12 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import cli, tiny, tiny_dict, write_toml
 
 from seedbed import budget, conditions
 from seedbed.conditions import Checkpoints
 from seedbed.errors import SeedbedError
 from seedbed.soil import resolve
-
-from conftest import cli, tiny, tiny_dict, write_toml
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.toml"))
 

@@ -18,8 +18,6 @@ cannot take the machine down with it.
 from __future__ import annotations
 
 import copy
-import math
-import os
 import random
 import resource
 import shutil
@@ -33,11 +31,10 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from conftest import TINY
 
 from seedbed import budget, cli
 from seedbed import conditions as conditions_module
-
-from conftest import TINY
 
 SEED = 20250611  # fixed: the same 200 cases every time
 N_CASES = 200
@@ -198,7 +195,7 @@ class Hang(BaseException):
     """Raised by the alarm; a BaseException so that no `except Exception` in seedbed swallows it."""
 
 
-def on_alarm(signum, frame):  # noqa: ARG001
+def on_alarm(signum, frame):
     raise Hang
 
 
@@ -229,7 +226,7 @@ def grow_in_subprocess(args: list[str], cwd: Path, stop_after_step0: bool) -> Ou
     """`python -m seedbed ARGS`; with `stop_after_step0`, Ctrl-C once the step-0 checkpoint exists."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "seedbed", *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        preexec_fn=limit_memory,
+        preexec_fn=limit_memory,  # noqa: PLW1509 - only sets a limit before exec
     )
     runs = Path(args[args.index("--runs-dir") + 1])
     deadline = time.monotonic() + HANG_S

@@ -87,13 +87,13 @@ class Sizes:
         return 8 * self.params + 4 * self.activation_floats(1, patterns=True) + data  # file bytes + model
 
 
-def sizes(c: "Conditions", modest: dict[str, int | None] | None = None) -> Sizes:
+def sizes(c: Conditions, modest: dict[str, int | None] | None = None) -> Sizes:
     """The Sizes of `c`, with the fields in `modest` replaced by the given values."""
     over = modest or {}
     a, s = c.architecture, c.soil
 
     def get(name: str, value: int | None) -> int | None:
-        return over[name] if name in over else value
+        return over.get(name, value)
 
     d_model = get("architecture.d_model", a.d_model)
     n_heads = get("architecture.n_heads", a.n_heads)
@@ -134,7 +134,7 @@ def machine_memory() -> int | None:
         return None
 
 
-def check(c: "Conditions", source: str = "conditions", purpose: Purpose = "grow") -> None:
+def check(c: Conditions, source: str = "conditions", purpose: Purpose = "grow") -> None:
     """Refuse conditions that cannot fit in this machine's memory, naming the field to lower."""
     memory = machine_memory()
     need = sizes(c).bytes_to(purpose)
@@ -147,7 +147,7 @@ def check(c: "Conditions", source: str = "conditions", purpose: Purpose = "grow"
     )
 
 
-def culprit(c: "Conditions", purpose: Purpose) -> tuple[str, int]:
+def culprit(c: Conditions, purpose: Purpose) -> tuple[str, int]:
     """The field (and its value) whose modest value would save the most memory."""
     need = sizes(c).bytes_to(purpose)
     saved = {}
