@@ -174,7 +174,7 @@ class Run:
 
     @property
     def conditions(self) -> Conditions:
-        return conditions_module.load(self.path / "conditions.toml")
+        return conditions_module.load(self.path / "conditions.toml", purpose="read")  # reading needs less than growing
 
     @property
     def artifacts(self) -> dict[str, Any]:
