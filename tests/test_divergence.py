@@ -62,7 +62,7 @@ def test_a_diverging_run_through_the_cli_is_one_line_and_exit_2(tmp_path):
 
 
 def test_non_finite_observations_are_not_stored_as_null(runs):
-    def observer(model, step):  # noqa: ARG001
+    def observer(model, step):
         return {"probe/nan": math.nan, "probe/inf": math.inf, "probe/ok": 1.0}
 
     run = grow(tiny(), runs_dir=runs, progress=False, observers=[observer])
@@ -82,7 +82,7 @@ def test_data_parallel_ranks_agree_that_the_run_diverged(tmp_path):
     assert DIVERGED.search(done.stderr), done.stderr[-2000:]
     assert "SIGABRT" not in done.stderr and "terminate called" not in done.stderr, done.stderr[-2000:]
     run = Run.open(tmp_path / "runs" / "hot", readonly=True)
-    step = [s for s, kind, _ in run.events() if kind == "diverged"][0]
+    step = next(s for s, kind, _ in run.events() if kind == "diverged")
     newest = run.checkpoints()[-1]
     assert newest.step == step - 1
     assert all(torch.isfinite(t).all() for t in checkpoint.load(run, newest).weights.values())
