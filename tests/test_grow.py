@@ -241,7 +241,8 @@ def test_ctrl_c_saves_exits_cleanly_and_resumes_identically(tmp_path):
     run = Run.open(path, readonly=True)
     assert run.status() == "interrupted"
     stopped = run.steps_done()
-    assert stopped < 400 and stopped % 10 != 0 or stopped in checkpoint_steps(path)
+    assert 50 <= stopped < 400, stopped  # stopped early, after the checkpoint it waited for
+    assert run.checkpoints()[-1].step == stopped and run.events()[-1][1:] == ("interrupted", f"stopped at step {stopped}; checkpoint saved")
 
     resumed = cli("grow", "--resume", str(path), "--no-progress", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
@@ -301,13 +302,27 @@ def test_every_example_grows_a_few_steps(tmp_path, example):
     assert math.isfinite(run.last_metric("eval/loss"))
 
 
-def _kill_9_all_with(word: str) -> None:
-    """SIGKILL every process whose command line contains `word`."""
+def _kill_9_tree(root: int) -> None:
+    """SIGKILL a process and all its descendants (found through their parent ids, whatever session they are in).
+
+    Only this test's processes: other tests (or other sessions) growing a run of the same name are untouched.
+    """
+    parents: dict[int, int] = {}
     for proc_dir in Path("/proc").iterdir():
         try:
-            if proc_dir.name.isdigit() and word in (proc_dir / "cmdline").read_bytes().decode(errors="replace"):
-                os.kill(int(proc_dir.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
+            if proc_dir.name.isdigit():
+                parents[int(proc_dir.name)] = int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    tree, grew = {root}, True
+    while grew:
+        found = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= found
+        grew = bool(found)
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
 
 
@@ -327,7 +342,7 @@ def test_data_parallel_kill_9_then_resume_is_bit_identical_with_dropout(tmp_path
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     path = tmp_path / "runs" / "victim"
     _wait_for_checkpoint(proc, path, 200)
-    _kill_9_all_with("victim.toml")  # torchrun and both ranks (torchrun starts its workers in their own sessions)
+    _kill_9_tree(proc.pid)  # torchrun and both ranks (torchrun starts its workers in their own sessions)
     proc.wait()
     assert max(checkpoint_steps(path)) < 1000, "the run finished before it could be killed"
 
@@ -336,3 +351,22 @@ def test_data_parallel_kill_9_then_resume_is_bit_identical_with_dropout(tmp_path
     assert resumed.returncode == 0, [line for line in resumed.stderr.splitlines() if "error" in line.lower()][:5]
     assert "resuming victim" in resumed.stdout
     assert_same_weights(final_weights(path), final_weights(tmp_path / "runs" / "ref"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_long_evaluation_still_saves_and_stops(tmp_path):
+    """An evaluation of a million batches is abandoned at Ctrl-C: the checkpoint is written and growth stops."""
+    data = {**tiny_dict(schedule={"steps": 100, "eval_every": 2, "eval_batches": 10**6}, checkpoints={"log_until": 1, "every": 1000}),
+            "name": "long-eval"}
+    cond = write_toml(tmp_path / "long-eval.toml", data)
+    proc = subprocess.Popen([sys.executable, "-m", "seedbed", "grow", str(cond), "--runs-dir", str(tmp_path / "runs"), "--no-progress"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    path = tmp_path / "runs" / "long-eval"
+    _wait_for_checkpoint(proc, path, 1)  # the evaluation at step 2 follows at once, and would take hours
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    # the step after the abandoned evaluation carries the stop to every process (step 3); step 2 if Ctrl-C came first
+    stopped = checkpoint_steps(path)[-1]
+    assert stopped in (2, 3) and f"interrupted at step {stopped}:" in out and "Traceback" not in err

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import signal
 import sqlite3
 import time
@@ -36,6 +35,7 @@ from torch import Tensor, nn
 from seedbed import checkpoint
 from seedbed import conditions as conditions_module
 from seedbed.conditions import Conditions, Optimizer, Schedule, package_versions
+from seedbed.contained import remove_tree
 from seedbed.errors import SeedbedError
 from seedbed.model import Transformer
 from seedbed.run import Run, RunLock
@@ -174,12 +174,19 @@ def eval_batches(soil: SoilBase, cond: Conditions) -> Iterator[Batch]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, soil: SoilBase, cond: Conditions, device: torch.device) -> dict[str, float]:
-    """Held-out loss and accuracy on the objective's positions, plus the soil's own metrics."""
+def evaluate(model: nn.Module, soil: SoilBase, cond: Conditions, device: torch.device, stop: list[bool] | None = None) -> dict[str, float]:
+    """Held-out loss and accuracy on the objective's positions, plus the soil's own metrics.
+
+    A stop request (`stop[0]`, set by Ctrl-C) abandons the evaluation and returns {}: a long
+    evaluation must not keep a run from saving its checkpoint and stopping.
+    """
     model.eval()
     loss_sum = correct_sum = count = rows = 0.0
     extra: dict[str, float] = {}
     for batch in eval_batches(soil, cond):
+        if stop is not None and stop[0]:
+            model.train()
+            return {}
         batch = batch.to(device)
         with autocast(device, cond.precision):
             logits = model(batch.inputs)
@@ -334,7 +341,10 @@ def discard_if_unstarted(run: Run) -> None:
         started = False
     if not started:
         run.close()
-        shutil.rmtree(run.path, ignore_errors=True)
+        try:
+            remove_tree(run.path.parent, run.path.name)
+        except (OSError, SeedbedError):  # keep the error that stopped growth, not this one
+            pass
 
 
 def refuse_if_diverged(run_path: Path) -> None:
@@ -492,9 +502,9 @@ def _grow(cond, soil, run, run_path, resuming, dist, device, watching, progress,
                 if evaluating_now:
                     tps = tokens_per_step * steps_since / max(watching.train_s - train_time_then, 1e-9)  # training steps only
                     steps_since, train_time_then = 0, watching.train_s
-                    metrics = evaluate(model, soil, cond, device)
+                    metrics = evaluate(model, soil, cond, device, stop)
                     metrics.update({"train/lr": lr, "train/grad_norm": float(grad_norm), "train/tokens_per_s": tps})
-                    if bar is not None:
+                    if bar is not None and "eval/loss" in metrics:
                         bar.update(bar.task_ids[0], tps=f"{tps:,.0f}", eval_loss=f"{metrics['eval/loss']:.3f}")
                 observe(step, metrics)
                 eval_time += time.perf_counter() - t1
@@ -588,8 +598,7 @@ def _save(run: Run | None, model: nn.Module, opt: torch.optim.Optimizer, step: i
 def _restore(run, run_path, model, opt, dist, total, say) -> int | None:
     """Load the newest checkpoint that verifies; returns its step, or None if the run is complete."""
     if dist.main:
-        for tmp in (run_path / "checkpoints").glob("*.tmp"):
-            tmp.unlink()  # the remains of a write that a crash cut short
+        run.remove_partial_writes()  # the remains of a write that a crash cut short
         loaded = checkpoint.newest_valid(run, say=lambda m: say(f"[yellow]{m}"))
         step = loaded.record.step if loaded else -1
     step = dist.share(step if dist.main else None)
