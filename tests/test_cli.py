@@ -7,7 +7,7 @@ import pytest
 
 from seedbed.run import Run
 
-from conftest import cli, tiny_dict, write_toml
+from conftest import cli, tiny, tiny_dict, write_toml
 
 
 def one_line_error(proc, *words):
@@ -139,3 +139,17 @@ def test_examples_are_named_after_what_they_are():
     example = load(EXAMPLES / "induction.toml").model_dump()
     trial = get("induction").conditions("small", 0)["main"].model_dump()
     assert example == trial
+
+
+def test_runs_lists_the_runs_inside_trial_folders_but_not_links(tmp_path):
+    from seedbed.grow import grow
+
+    runs = tmp_path / "runs"
+    grow(tiny(schedule={"steps": 2}), runs_dir=runs, name="plain", progress=False)
+    grow(tiny(schedule={"steps": 2}), runs_dir=runs / "induction-small-seed0", name="main", progress=False)
+    grow(tiny(schedule={"steps": 2}), runs_dir=runs / "x-small-seeds0-1" / "seed-1", name="control", progress=False)
+    (runs / "elsewhere").symlink_to(runs / "plain")
+    r = cli("runs", str(runs), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    names = [line.split()[0] for line in r.stdout.splitlines()[3:] if line.strip()]
+    assert names == ["induction-small-seed0/main", "plain", "x-small-seeds0-1/seed-1/control"], r.stdout

@@ -66,13 +66,18 @@ def runs(runs_dir: Path = typer.Argument(Path("runs"), help="folder of runs")) -
     problems = []
     for path in found:
         try:
-            table.add_row(*_run_row(path))
+            table.add_row(_shown(path, runs_dir), *_run_row(path)[1:])
         except SeedbedError as err:
-            table.add_row(path.name, "?", "?", "?", "?", "?", "unreadable")
-            problems.append(f"{path.name}: {err}")
+            table.add_row(_shown(path, runs_dir), "?", "?", "?", "?", "?", "unreadable")
+            problems.append(f"{_shown(path, runs_dir)}: {err}")
     console.print(table)
     for line in problems:
         console.print(line, soft_wrap=True, markup=False)
+
+
+def _shown(path: Path, runs_dir: Path) -> str:
+    """A run's name as `seedbed runs` shows it: its path under the runs folder (a trial's runs are `TRIAL/main`, …)."""
+    return path.relative_to(runs_dir).as_posix()
 
 
 def _run_row(path: Path) -> list[str]:

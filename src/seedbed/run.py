@@ -479,9 +479,26 @@ def _publish(tmp: Path, path: Path) -> None:
                 pass  # a hidden leftover (.NAME.….old) that `seedbed runs` does not list
 
 
-def list_runs(runs_dir: str | Path) -> list[Path]:
-    """Run folders directly under `runs_dir`, by name (hidden ones are runs being created or removed)."""
+def list_runs(runs_dir: str | Path, depth: int = 3) -> list[Path]:
+    """Run folders under `runs_dir`, sorted by path: plain runs, and the runs inside trial folders
+    (`NAME/main`, `NAME/seed-3/control`, …) down to `depth` levels. Hidden folders (runs being
+    created or removed) and symbolic links are not entered."""
     root = Path(runs_dir)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p / "run.sqlite").is_file())
+    found: list[Path] = []
+
+    def walk(folder: Path, left: int) -> None:
+        try:
+            children = sorted(folder.iterdir())
+        except OSError:
+            return
+        for child in children:
+            if child.name.startswith(".") or child.is_symlink() or not child.is_dir():
+                continue
+            if (child / "run.sqlite").is_file():
+                found.append(child)
+            elif left > 1:
+                walk(child, left - 1)
+
+    if root.is_dir():
+        walk(root, depth)
+    return sorted(found)
