@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import tomli_w
 
 from seedbed.conditions import Conditions, parse
+
+# Text soils cache their token maps under $XDG_CACHE_HOME/seedbed: the tests (and the commands they run) use a
+# folder of their own, never the user's cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="seedbed-tests-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 TINY = {
     "name": "tiny",
