@@ -528,3 +528,14 @@ def test_status_reports_a_diverged_run(runs):
     run.log_event(5, "resume", "resumed from step 5")
     assert run.status() == "growing"  # this process still holds the creator's lock
     run.close()
+
+
+def test_conditions_edited_after_growth_are_one_line_for_read_export_and_resume(runs, tmp_path):
+    grow(tiny(schedule={"steps": 2}), runs_dir=runs, name="edited", progress=False)
+    path = runs / "edited"
+    toml = (path / "conditions.toml").read_text()
+    (path / "conditions.toml").write_text(toml.replace("d_model = 16", "d_model = 32"))
+    for args in (("read", str(path)), ("export", str(path), str(tmp_path / "exports" / "x")), ("grow", "--resume", str(path))):
+        r = cli(*args, cwd=tmp_path)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+        assert "conditions.toml" in r.stderr, r.stderr

@@ -26,6 +26,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from seedbed import contained
+from seedbed.errors import SeedbedError
 from seedbed.files import write_atomic
 from seedbed.run import CheckpointRecord, Run
 
@@ -153,12 +154,27 @@ def safetensors_metadata(data: bytes) -> dict[str, str]:
 
 
 def load_into(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Load weights saved by `save` (tied parameters were stored once)."""
+    """Load weights saved by `save` (tied parameters were stored once).
+
+    Weights that do not fit the model (a conditions.toml edited after growth, weights from
+    another run) are a one-line SeedbedError naming the first mismatch, not a traceback.
+    """
     full = dict(weights)
-    for name, t in model.state_dict().items():
+    expected = model.state_dict()
+    for name, t in expected.items():
         if name not in full:  # a tied duplicate: find the tensor it shares memory with
-            twin = next(n for n, u in model.state_dict().items() if u.data_ptr() == t.data_ptr() and n in weights)
+            twin = next((n for n, u in expected.items() if u.data_ptr() == t.data_ptr() and n in weights), None)
+            if twin is None:
+                raise SeedbedError(f"the checkpoint has no weights for '{name}': it was not grown under this run's conditions.toml")
             full[name] = weights[twin]
+    unknown = sorted(set(full) - set(expected))
+    if unknown:
+        raise SeedbedError(f"the checkpoint holds '{unknown[0]}', which this run's conditions.toml has no place for: "
+                           "the conditions were changed after growth; restore them")
+    for name, t in expected.items():
+        if tuple(full[name].shape) != tuple(t.shape) or full[name].dtype != t.dtype:
+            raise SeedbedError(f"the checkpoint's '{name}' is {tuple(full[name].shape)} {full[name].dtype}, but this run's "
+                               f"conditions.toml makes it {tuple(t.shape)} {t.dtype}: the conditions were changed after growth; restore them")
     model.load_state_dict(full)
 
 
