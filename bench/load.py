@@ -8,7 +8,7 @@ Four measurements of `seedbed trial induction --scale S` (a fresh folder each ti
 | row | environment |
 | --- | --- |
 | before, quiet / loaded | `GOMP_SPINCOUNT=300000`: libgomp's own default (idle threads spin before they sleep); seedbed leaves waiting alone when it sees this |
-| after, quiet / loaded | seedbed's default: `OMP_WAIT_POLICY=PASSIVE` (idle threads sleep at once), threads = usable cores |
+| after, quiet / loaded | seedbed's default: `GOMP_SPINCOUNT=10000` (idle threads spin briefly, then sleep), threads = usable cores |
 
 The competing load is two processes, each a one-thread torch training loop of a small MLP
 (like another job's two workers), started before the measurement and killed after it.

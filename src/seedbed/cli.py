@@ -254,7 +254,7 @@ def report(run: Path = typer.Argument(..., help="a trial's folder or any run fol
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
-    settle_process()  # before torch loads: OpenMP threads that sleep when idle, as many as the usable cores
+    settle_process()  # before torch loads: OpenMP threads that soon sleep when idle, as many as the usable cores
     try:
         code = app(args=argv, standalone_mode=False)  # returns the code of a typer.Exit
         if isinstance(code, int) and code:
