@@ -86,3 +86,13 @@ def test_data_parallel_ranks_agree_that_the_run_diverged(tmp_path):
     newest = run.checkpoints()[-1]
     assert newest.step == step - 1
     assert all(torch.isfinite(t).all() for t in checkpoint.load(run, newest).weights.values())
+
+
+def test_read_and_runs_show_a_diverged_run_as_such(runs, tmp_path):
+    with pytest.raises(SeedbedError):
+        grow(tiny(optimizer={"lr": 100.0}), runs_dir=runs, progress=False)
+    listed = cli("runs", str(runs), cwd=tmp_path)
+    assert listed.returncode == 0 and "diverged" in listed.stdout, listed.stdout
+    read = cli("read", str(runs / "tiny"), "--out", str(tmp_path / "pics"), cwd=tmp_path)
+    assert read.returncode == 0, read.stderr
+    assert "this run diverged at step" in read.stdout
