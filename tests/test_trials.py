@@ -234,3 +234,20 @@ def test_induction_trial_tiny_end_to_end(tmp_path: Path):
     (folder / "report.html").unlink()
     regen = cli("report", str(folder), cwd=tmp_path)
     assert regen.returncode == 0 and (folder / "report.html").is_file()
+
+
+def test_seedbed_trials_shows_the_newest_verdict_over_seeds_too(tmp_path):
+    from seedbed.trials.base import last_verdicts
+
+    runs = tmp_path / "runs"
+    for folder, name, body in (
+        ("induction-small-seed0", "trial.json", {"seed": 0, "finished": "2026-11-28T10:00:00+00:00"}),
+        ("induction-small-seeds0-9", "summary.json", {"seeds": list(range(10)), "held_seeds": 9, "finished": "2026-11-28T11:00:00+00:00"}),
+        ("induction-small-seeds0-1", "summary.json", {"seeds": [True, 1], "held_seeds": 1, "finished": "2026-11-28T12:00:00+00:00"}),
+    ):
+        (runs / folder).mkdir(parents=True)
+        (runs / folder / name).write_text(json.dumps({"trial": "induction", "verdict": "held", "scale": "small", **body}))
+    found = last_verdicts(runs)["induction"]
+    assert found["seeds"] == "seeds 0–9: held on 9 of 10" and found["path"].endswith("induction-small-seeds0-9")
+    listed = cli("trials", str(runs), cwd=tmp_path)
+    assert listed.returncode == 0 and "seeds 0–9:" in listed.stdout and "Traceback" not in listed.stderr, listed.stdout

@@ -239,7 +239,7 @@ def trials(runs_dir: Path = typer.Argument(Path("runs"), help="folder whose tria
         table.add_column(col, overflow="fold")
     for name, cls in sorted(REGISTRY.items()):
         r = last.get(name)
-        verdict = "not run yet" if r is None else f"{r['verdict']} ({r['scale']}, seed {r['seed']})"
+        verdict = "not run yet" if r is None else f"{r['verdict']} ({r['scale']}, {r['seeds']})"
         table.add_row(name, cls.claim, verdict, "" if r is None else r["path"])
     console.print(table)
 

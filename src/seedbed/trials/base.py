@@ -161,17 +161,30 @@ def get(name: str, options: dict[str, int | None] | None = None) -> Trial:
 
 
 def last_verdicts(runs_dir: Path) -> dict[str, dict]:
-    """The newest finished trial.json of each trial under `runs_dir`; a malformed one is skipped."""
+    """The newest finished verdict of each trial under `runs_dir`: a trial's `trial.json`, or the summary
+    of a `--seeds` run (`summary.json`); a malformed file is skipped. Each carries `seeds`, a label
+    for `seedbed trials` ("seed 0", or "seeds 0–9: held on 9")."""
     found: dict[str, dict] = {}
-    for f in sorted(Path(runs_dir).glob("*/trial.json")):
+    for f in sorted(Path(runs_dir).glob("*/trial.json")) + sorted(Path(runs_dir).glob("*/summary.json")):
         try:
             r = json.loads(contained.open_regular(f, contained.JSON_MAX_BYTES))
         except (OSError, ValueError, contained.Unsafe):  # unreadable, a link or a FIFO (contained.Unsafe), not JSON, not UTF-8
             continue
-        listed = isinstance(r, dict) and all(isinstance(r.get(k), str) and r[k] for k in ("trial", "verdict", "finished", "scale"))
-        if not listed or not isinstance(r.get("seed"), int) or isinstance(r["seed"], bool):  # what `seedbed trials` shows
+        if not isinstance(r, dict) or not all(isinstance(r.get(k), str) and r[k] for k in ("trial", "verdict", "finished", "scale")):
             continue
-        if r["finished"] >= found.get(r["trial"], {}).get("finished", ""):
-            found[r["trial"]] = {**r, "path": str(f.parent)}
+        seeds = _seeds_label(r, summary=f.name == "summary.json")
+        if seeds is not None and r["finished"] >= found.get(r["trial"], {}).get("finished", ""):
+            found[r["trial"]] = {**r, "path": str(f.parent), "seeds": seeds}
     return found
+
+
+def _seeds_label(r: dict, summary: bool) -> str | None:
+    """What `seedbed trials` says of the seeds behind a verdict; None if the file does not say it properly."""
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    if not summary:
+        return f"seed {r['seed']}" if whole(r.get("seed")) else None
+    seeds, held = r.get("seeds"), r.get("held_seeds")
+    if not isinstance(seeds, list) or not seeds or not all(whole(x) for x in seeds) or not whole(held):
+        return None
+    return f"seeds {min(seeds)}–{max(seeds)}: held on {held} of {len(seeds)}"
 
