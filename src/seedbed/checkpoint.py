@@ -25,7 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from seedbed import contained
+from seedbed import budget, contained
 from seedbed.errors import SeedbedError
 from seedbed.files import write_atomic
 from seedbed.run import CheckpointRecord, Run
@@ -93,10 +93,7 @@ class CorruptCheckpoint(Exception):
 # The largest checkpoint file read into memory: a file larger than the machine's memory cannot be loaded,
 # and a link to /dev/zero or a sparse file must not be tried.
 def max_checkpoint_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 64 * 2**30
+    return budget.machine_memory() or 64 * 2**30
 
 
 STATE_KEYS = ("step", "optimizer", "rng", "cuda_rng")  # what resuming reads from a state file
