@@ -393,7 +393,7 @@ sys.path.insert(0, sys.argv[2])
 from conftest import tiny
 from seedbed.run import Run, RunLock
 run = Run.create(sys.argv[1], "tiny", tiny(), {})
-RunLock(run.path).acquire()
+run.hold_lock()
 run.log_event(0, "start", "growing tiny")
 os.kill(os.getpid(), 9)  # before the step-0 checkpoint
 """
@@ -447,11 +447,11 @@ def test_a_new_run_is_never_taken_for_a_dead_one(runs):
     run = Run.create(runs, "tiny", tiny(), {})  # created, not yet growing: its lock is already held
     with pytest.raises(SeedbedError, match="already exists"):
         Run.check_new(runs, "tiny")
-    lock = RunLock(run.path)  # the grower takes the creator's lock over
-    lock.acquire()
-    run.close()
+    run.hold_lock()  # the grower: the creator's lock is already its own
     assert RunLock(run.path).holder() == os.getpid()
-    lock.release()
+    with pytest.raises(SeedbedError, match="being grown"):
+        RunLock(run.path).acquire()  # anyone else, this process included, is refused
+    run.close()
     assert RunLock(run.path).holder() is None
 
 

@@ -38,7 +38,7 @@ from seedbed.conditions import Conditions, Optimizer, Schedule, package_versions
 from seedbed.contained import remove_tree
 from seedbed.errors import SeedbedError
 from seedbed.model import Transformer
-from seedbed.run import Run, RunLock
+from seedbed.run import Run
 from seedbed.soil import Batch, SoilBase, make_soil, resolve
 
 Observer = Callable[[nn.Module, int], dict[str, float]]
@@ -313,20 +313,20 @@ def _start(cond, soil, run_path, runs_dir, resuming, dist, observers, observe_ev
         if cond.schedule.batch_size < dist.world:
             raise SeedbedError(f"schedule.batch_size={cond.schedule.batch_size} is smaller than {dist.world} processes: raise it")
 
-    lock, run = RunLock(run_path), None
+    run = None
     if not resuming:
         dist.barrier()  # every rank has checked the name before rank 0 creates the folder
     if dist.main:
         run = Run.open(run_path) if resuming else Run.create(Path(runs_dir), run_path.name, cond, soil.artifacts())
     try:
         if dist.main:
-            lock.acquire()
+            run.hold_lock()
         try:
             watching = Watching(observers, observe_every, listeners)
             return _grow(cond, soil, run, run_path, resuming, dist, device, watching, progress, console, say)
         finally:
             if dist.main:
-                lock.release()
+                run.release_lock()
     except BaseException:
         if run is not None and not resuming:
             discard_if_unstarted(run)

@@ -19,13 +19,12 @@ import re
 import sqlite3
 import stat
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from seedbed import conditions as conditions_module
 from seedbed import contained
@@ -59,7 +58,7 @@ class Run:
     def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
         self.check_files(self.path)
-        self._created_lock: RunLock | None = None  # held from creation until the grower's RunLock takes it over
+        self.lock: RunLock | None = None  # held while this process grows the run (from its creation, for a new one)
         index = self.path / "run.sqlite"
         try:
             if readonly:  # other ranks, and readers, never take the write lock
@@ -123,8 +122,8 @@ class Run:
     def create(cls, runs_dir: Path, name: str, conditions: Conditions, artifacts: dict[str, Any]) -> Run:
         """Make the run folder whole under a hidden name, then rename it into place: a failed start leaves nothing.
 
-        The new run's lock is taken before it appears and held until this process's `RunLock.acquire()`
-        takes it over (or the run is closed), so nobody can mistake it for a dead run meanwhile.
+        The new run's lock is taken before it appears and held by the returned Run (its grower) until
+        `close()`, so nobody can mistake it for a dead run meanwhile.
         """
         path = cls.check_new(runs_dir, name)
         runs_dir = Path(runs_dir)
@@ -151,9 +150,8 @@ class Run:
                 ) from None
             raise
         lock.file = path / "run.lock"  # the same file, renamed with its folder
-        lock.offer()
         run = cls(path)
-        run._created_lock = lock
+        run.lock = lock
         return run
 
     @staticmethod
@@ -267,11 +265,21 @@ class Run:
             return "new"
         return "growing" if RunLock(self.path).holder() is not None else "crashed"
 
+    def hold_lock(self) -> None:
+        """Lock the run for growing (a new run holds its lock already); one line if another process grows it."""
+        if self.lock is None:
+            lock = RunLock(self.path)
+            lock.acquire()
+            self.lock = lock
+
+    def release_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     def close(self) -> None:
         self.db.close()
-        if self._created_lock is not None:
-            self._created_lock.withdraw()
-            self._created_lock = None
+        self.release_lock()
 
 
 def _roll_back_hot_journal(index: Path) -> None:
@@ -300,10 +308,6 @@ class RunLock:
     stays locked; the file also holds the holder's pid, for `holder()` and error messages.
     """
 
-    # run.lock files (by device and inode) locked by `Run.create` in this process, waiting for their grower
-    _offered: ClassVar[dict[tuple[int, int], RunLock]] = {}
-    _offered_guard = threading.Lock()
-
     def __init__(self, run_path: Path) -> None:
         self.file = Path(run_path) / "run.lock"
         self.fd: int | None = None
@@ -317,10 +321,6 @@ class RunLock:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return None
-            key = _key(fd)
-            with RunLock._offered_guard:
-                if key in RunLock._offered:
-                    return os.getpid()
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -341,8 +341,6 @@ class RunLock:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 os.close(fd)
                 raise contained.Unsafe(f"'{self.file}' is not a regular file: remove it")
-            if self._adopt(fd):
-                return
             if not _flock_exclusive(fd):
                 pid = _read_pid(fd)
                 os.close(fd)
@@ -354,30 +352,6 @@ class RunLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
             self.fd = fd
-
-    def _adopt(self, fd: int) -> bool:
-        """Take over a lock `Run.create` took in this process for this file (the grower's first acquire)."""
-        with RunLock._offered_guard:
-            offerer = RunLock._offered.pop(_key(fd), None)
-            if offerer is None:
-                return False
-            self.fd, offerer.fd = offerer.fd, None
-        os.close(fd)
-        return True
-
-    def offer(self) -> None:
-        """Hand this held lock to the next `acquire()` of the same file in this process (see `Run.create`)."""
-        assert self.fd is not None
-        with RunLock._offered_guard:
-            RunLock._offered[_key(self.fd)] = self
-
-    def withdraw(self) -> None:
-        """Release an offered lock nobody took over (once adopted, it is the adopter's to release)."""
-        with RunLock._offered_guard:
-            if self.fd is None:
-                return
-            RunLock._offered.pop(_key(self.fd), None)
-        self.release()
 
     def release(self) -> None:
         """Unlink the file, then drop the lock (closing it), so a waiting opener sees a fresh file."""
