@@ -173,12 +173,12 @@ def _held_out_loss(run: Path, step: int) -> str:
     r = Run.open(run, readonly=True)
     try:
         logged = [(s, v) for s, v in r.metric("eval/loss") if s <= step and v is not None]  # NaN is stored as NULL
-        diverged = [(s, text) for s, kind, text in r.events() if kind == "diverged"]
+        diverged = r.diverged_at()
     finally:
         r.close()
     line = f"no held-out loss logged by step {step:,}" if not logged else f"held-out loss at step {logged[-1][0]:,}: {logged[-1][1]:.4f}"
-    if diverged:  # the checkpoints end before the step that went bad: say so, or a reader takes them for the end
-        line += f" — this run diverged at step {diverged[-1][0]:,}; its newest checkpoint holds the weights before"
+    if diverged is not None:  # the checkpoints end before the step that went bad: say so, or a reader takes them for the end
+        line += f" — this run diverged at step {diverged:,}; its newest checkpoint holds the weights before"
     return line
 
 

@@ -351,11 +351,10 @@ def refuse_if_diverged(run_path: Path) -> None:
     """A diverged run would diverge again at the same step (its conditions are fixed): say so instead."""
     reader = Run.open(run_path, readonly=True)
     try:
-        diverged = [(step, text) for step, kind, text in reader.events() if kind == "diverged"]
+        step = reader.diverged_at()
     finally:
         reader.close()
-    if diverged:
-        step = diverged[-1][0]
+    if step is not None:
         raise SeedbedError(
             f"run '{run_path}' diverged at step {step}: resuming it would diverge again at the same step; grow a new run "
             f"from its conditions.toml with a lower optimizer.lr (its checkpoints up to step {step - 1} stay readable)"

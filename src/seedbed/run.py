@@ -253,6 +253,11 @@ class Run:
         row = self.db.execute("SELECT MAX(step) FROM checkpoints").fetchone()
         return row[0] or 0
 
+    def diverged_at(self) -> int | None:
+        """The step at which growth found the loss or gradients non-finite, if it did."""
+        row = self.db.execute("SELECT step FROM events WHERE kind = 'diverged' ORDER BY rowid DESC LIMIT 1").fetchone()
+        return None if row is None else row[0]
+
     def status(self) -> str:
         """done, interrupted, diverged, growing, crashed or new — from the events and the lock."""
         # the newest event of growth's own life: other events (emergences, corrupt checkpoints) say nothing of it
