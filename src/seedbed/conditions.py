@@ -238,6 +238,8 @@ class Conditions(_Strict):
 
     name: str | None = Field(None, description="default run name")
     seed: Int64 = Field(0, ge=0)
+    data_seed: Int64 | None = Field(None, ge=0, description="the soil's seed (split, batches); unset: the run's seed. "
+                                    "Set it to vary only the initial weights between seeds")
     soil: Soil
     architecture: Architecture = Field(default_factory=Architecture)
     objective: Objective = Field(default_factory=Objective)

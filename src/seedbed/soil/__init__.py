@@ -14,8 +14,9 @@ __all__ = ["Batch", "SoilBase", "generator", "make_soil", "resolve"]
 
 
 def make_soil(conditions: Conditions) -> SoilBase:
-    """The soil the conditions name, seeded by the conditions' seed."""
-    s, seed, n_ctx = conditions.soil, conditions.seed, conditions.architecture.n_ctx
+    """The soil the conditions name, seeded by `data_seed` where set, else by the run's seed."""
+    s, n_ctx = conditions.soil, conditions.architecture.n_ctx
+    seed = conditions.seed if conditions.data_seed is None else conditions.data_seed
     if isinstance(s, RepeatedBlocks):
         return RepeatedBlocksSoil(s, seed, n_ctx)
     if isinstance(s, ModularArithmetic):
