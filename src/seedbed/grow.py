@@ -15,27 +15,27 @@ over ranks gives exactly the gradient of the single-process loss.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import sqlite3
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import NoReturn
 
 import torch
-import torch.distributed as torch_dist
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
-from seedbed import checkpoint
+from seedbed import checkpoint, snapshot
 from seedbed import conditions as conditions_module
 from seedbed.conditions import Conditions, Optimizer, Schedule, package_versions
 from seedbed.contained import remove_tree
+from seedbed.distributed import Distributed, all_reduce_grads, backend_for, pick_device
 from seedbed.errors import SeedbedError
 from seedbed.model import Transformer
 from seedbed.run import Run
@@ -55,63 +55,6 @@ class Interrupted(Exception):
 
 
 # ── the pieces ───────────────────────────────────────────────────────────────
-@dataclass
-class Distributed:
-    """Who we are under torchrun (rank, world size); a single process is rank 0 of 1."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owns_group: bool = False  # this process started the process group, so it must end it
-
-    @classmethod
-    def from_env(cls, backend: str) -> "Distributed":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world == 1:
-            return cls()
-        if backend == "nccl":  # one GPU per process, chosen before NCCL starts
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        owns = not torch_dist.is_initialized()
-        if owns:
-            torch_dist.init_process_group(backend)
-        return cls(torch_dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")), owns)
-
-    def close(self, together: bool) -> None:
-        """End the process group this process started. Left to the interpreter's exit, gloo's threads can
-        outlive it and abort the process ("terminate called without an active exception"), failing a
-        finished run. `together`: every rank got here normally, so wait for the others first."""
-        if not self.owns_group:
-            return
-        if together:
-            torch_dist.barrier()
-        torch_dist.destroy_process_group()
-        self.owns_group = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch_dist.barrier()
-
-    def share(self, obj: object) -> object:
-        """Rank 0's value of `obj`, on every rank."""
-        if self.world == 1:
-            return obj
-        box = [obj]
-        torch_dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-
-def pick_device(want: str, dist: Distributed) -> torch.device:
-    if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise SeedbedError("device = \"cuda\" but no CUDA GPU is visible: set device = \"auto\" or \"cpu\"")
-    return torch.device("cuda", dist.local_rank)
-
-
 def learning_rate(step: int, opt: Optimizer, sched: Schedule) -> float:
     """Linear warmup, then cosine decay to `min_lr_ratio · lr` (or constant)."""
     if step < sched.warmup_steps:
@@ -212,7 +155,7 @@ def catch_stop_signals() -> Iterator[list[bool]]:
     """Turn Ctrl-C / SIGTERM into a flag the loop checks between steps (so a step is never half-done)."""
     flag = [False]
 
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum, frame):
         if flag[0]:  # asked twice: stop now, without saving
             raise KeyboardInterrupt
         flag[0] = True
@@ -273,28 +216,20 @@ def grow(
 
     if resume is not None:
         run_path = Path(resume)
-        Run.check_exists(run_path)
-        refuse_if_diverged(run_path)
-        saved = conditions_module.load(run_path / "conditions.toml")
-        soil = make_soil(saved)
-        if soil.artifacts() != Run.read_artifacts(run_path):
-            raise SeedbedError(
-                f"the soil of '{run_path}' has changed since it was grown (its corpus or tokenizer differ): "
-                "restore the original files, or grow a new run"
-            )
-        cond, soil = resolve(saved, soil)
-        if cond.versions != package_versions():
-            console.print(f"[yellow]note: this run was grown with {cond.versions}; now {package_versions()}: bitwise identity is not promised across versions", soft_wrap=True)
+        cond, soil = _reopen(run_path, console)
     else:
         assert conditions is not None
         cond, soil = resolve(conditions)
         cond = cond.model_copy(update={"versions": package_versions()})
         run_path = Run.check_new(Path(runs_dir), name or cond.name or "run")
 
-    backend = "nccl" if cond.device != "cpu" and torch.cuda.is_available() else "gloo"
-    dist = Distributed.from_env(backend)
+    dist = Distributed.from_env(backend_for(cond.device))
     try:
-        run = _start(cond, soil, run_path, runs_dir, resume is not None, dist, observers, observe_every, listeners, progress, console)
+        if observe_every is not None and observe_every < 1:
+            raise SeedbedError(f"observe_every={observe_every}: observe every 1 or more steps")
+        g = Growing(cond, soil, run_path, resume is not None, dist, pick_device(cond.device, dist),
+                    Watching(observers, observe_every, listeners), progress, console)
+        run = _start(g, Path(runs_dir))
     except BaseException:
         dist.close(together=False)  # a barrier could wait forever for a rank that failed elsewhere
         raise
@@ -302,34 +237,72 @@ def grow(
     return run
 
 
-def _start(cond, soil, run_path, runs_dir, resuming, dist, observers, observe_every, listeners, progress, console) -> Run:
+def _reopen(run_path: Path, console: Console) -> tuple[Conditions, SoilBase]:
+    """The saved conditions and soil of a run to resume, refused if it diverged or its soil changed since."""
+    Run.check_exists(run_path)
+    refuse_if_diverged(run_path)
+    saved = conditions_module.load(run_path / "conditions.toml")
+    soil = make_soil(saved)
+    if soil.artifacts() != Run.read_artifacts(run_path):
+        raise SeedbedError(
+            f"the soil of '{run_path}' has changed since it was grown (its corpus or tokenizer differ): "
+            "restore the original files, or grow a new run"
+        )
+    cond, soil = resolve(saved, soil)
+    if cond.versions != package_versions():
+        console.print(f"[yellow]note: this run was grown with {cond.versions}; now {package_versions()}: bitwise identity is not promised across versions", soft_wrap=True)
+    return cond, soil
+
+
+@dataclass
+class Growing:
+    """One growth's context, fixed before the first step: what grows, where it is written, which
+    rank this process is, who watches. Every piece of the loop below takes it."""
+
+    cond: Conditions  # resolved (d_vocab from the soil, full batch size, package versions)
+    soil: SoilBase
+    run_path: Path
+    resuming: bool
+    dist: Distributed
+    device: torch.device
+    watching: Watching
+    progress: bool
+    console: Console
+    run: Run | None = None  # the open run folder, on rank 0 only: the other ranks never write
+
+    def __post_init__(self) -> None:
+        self.my_rows = self.dist.rows(self.cond.schedule.batch_size)  # this rank's rows of every global batch
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cond.schedule.batch_size * self.soil.seq_len
+
+    def say(self, message: str) -> None:
+        """A line for the person growing the run: printed by rank 0 only."""
+        if self.dist.main:
+            self.console.print(message, soft_wrap=True, highlight=False)
+
+
+def _start(g: Growing, runs_dir: Path) -> Run:
     """Make (or open) the run folder and lock it, then grow; a new run that fails before its first
     checkpoint is removed, so that a failed start never takes the name."""
-    device = pick_device(cond.device, dist)
-    say = (lambda m: console.print(m, soft_wrap=True, highlight=False)) if dist.main else (lambda m: None)
-    if observe_every is not None and observe_every < 1:
-        raise SeedbedError(f"observe_every={observe_every}: observe every 1 or more steps")
-    if dist.world > 1:
-        if cond.schedule.batch_size < dist.world:
-            raise SeedbedError(f"schedule.batch_size={cond.schedule.batch_size} is smaller than {dist.world} processes: raise it")
-
-    run = None
-    if not resuming:
-        dist.barrier()  # every rank has checked the name before rank 0 creates the folder
-    if dist.main:
-        run = Run.open(run_path) if resuming else Run.create(Path(runs_dir), run_path.name, cond, soil.artifacts())
+    if g.dist.world > 1 and g.cond.schedule.batch_size < g.dist.world:
+        raise SeedbedError(f"schedule.batch_size={g.cond.schedule.batch_size} is smaller than {g.dist.world} processes: raise it")
+    if not g.resuming:
+        g.dist.barrier()  # every rank has checked the name before rank 0 creates the folder
+    if g.dist.main:
+        g.run = Run.open(g.run_path) if g.resuming else Run.create(runs_dir, g.run_path.name, g.cond, g.soil.artifacts())
     try:
-        if dist.main:
-            run.hold_lock()
+        if g.run is not None:
+            g.run.hold_lock()
         try:
-            watching = Watching(observers, observe_every, listeners)
-            return _grow(cond, soil, run, run_path, resuming, dist, device, watching, progress, console, say)
+            return _grow(g)
         finally:
-            if dist.main:
-                run.release_lock()
+            if g.run is not None:
+                g.run.release_lock()
     except BaseException:
-        if run is not None and not resuming:
-            discard_if_unstarted(run)
+        if g.run is not None and not g.resuming:
+            discard_if_unstarted(g.run)
         raise
 
 
@@ -403,131 +376,206 @@ class Watching:
         self.extra_checkpoints.update(s for s in wanted if s > step)
 
 
-def _grow(cond, soil, run, run_path, resuming, dist, device, watching, progress, console, say) -> Run:  # noqa: C901
-    sched, total = cond.schedule, cond.schedule.steps
-    batch_size = sched.batch_size
-    tokens_per_step = batch_size * soil.seq_len
+@dataclass
+class Learner:
+    """The model being grown, its optimizer, and the parameters that train."""
 
-    model = Transformer(cond.architecture, seed=cond.seed).to(device)
-    opt = make_optimizer(model, cond.optimizer)
-    torch.manual_seed(cond.seed + dist.rank)  # only dropout draws from the global RNG
-    params = list(model.parameters())
-    start = 0
+    model: Transformer
+    opt: torch.optim.AdamW
+    params: list[nn.Parameter]
 
-    def snapshot_now(step: int) -> Callable[[], checkpoint.Encoded] | None:
-        # recent checkpoints kept in memory only in a single process: a past checkpoint
-        # would need every rank's RNG state, gathered at that step
-        return (lambda: checkpoint.encode(model, step, step * tokens_per_step, _state(opt, step, dist, device))) if dist.world == 1 else None
 
-    def observe(step: int, metrics: dict[str, float]) -> None:
-        """Observe (main process only), store everything measured at `step`, tell the listeners."""
-        observed = finite(watching.observe(model, step))
-        metrics.update(observed)
-        if watching.observers:
-            metrics.update({"time/observe_s": watching.observe_s, "time/train_s": watching.train_s})
-        run.log_metrics(step, finite(metrics))
-        run.commit()
-        watching.hear(run, step, observed, snapshot_now(step))
+@dataclass
+class Taken:
+    """What one step measured. Loss and flags are all-reduced, so every rank sees the same and stops at the same step."""
 
-    if resuming:
-        start = _restore(run, run_path, model, opt, dist, total, say)
-        if start is None:
-            return run
-        if dist.main:
-            watching.observe_s = run.last_metric("time/observe_s") or 0.0
-            watching.train_s = run.last_metric("time/train_s") or 0.0
-    else:
-        if dist.main:
-            run.log_event(0, "start", f"growing {run.name}: {model.n_params():,} parameters, {total:,} steps")
-        _save(run if dist.main else None, model, opt, 0, tokens_per_step, dist)
-        if dist.main and watching.observers:
-            observe(0, {})
+    loss: float
+    grad_norm: float
+    lr: float
+    stop: bool  # somebody was asked to stop (Ctrl-C, SIGTERM)
+    checkpoint: bool  # a listener asked for a checkpoint at this step
 
-    share = torch.arange(batch_size).tensor_split(dist.world)[dist.rank]  # this rank's rows of the global batch
-    my_rows = slice(int(share[0]), int(share[-1]) + 1)
-    bar = make_progress(console, total, start) if progress and dist.main else None
-    eval_time = 0.0  # seconds in evals and observers
-    steps_since, train_time_then = 0, watching.train_s  # for tokens/s over the steps since the last eval
 
+@dataclass
+class Clock:
+    """Where growth's time goes: tokens/s over the training steps since the last eval, and the seconds
+    spent in evals and observers (training seconds are `Watching.train_s`, carried across resumes)."""
+
+    train_then: float  # Watching.train_s when the current tokens/s window began
+    steps_since: int = 0
+    eval_s: float = 0.0
+
+    def window(self, train_s: float, tokens_per_step: int) -> float:
+        """Tokens/s over the window's training steps alone; a new window begins."""
+        tps = tokens_per_step * self.steps_since / max(train_s - self.train_then, 1e-9)
+        self.steps_since, self.train_then = 0, train_s
+        return tps
+
+
+def _grow(g: Growing) -> Run:
+    """Seedling → first checkpoint (or the resumed one) → steps until the end or a stop → the closing line."""
+    learner = _seedling(g)
+    start = _resume(g, learner) if g.resuming else _first_checkpoint(g, learner)
+    if start is None:
+        return g.run
+    total = g.cond.schedule.steps
+    clock = Clock(g.watching.train_s)
+    bar = make_progress(g.console, total, start) if g.progress and g.dist.main else None
     with catch_stop_signals() as stop, (bar or nullcontext()):
-        step = start
-        while step < total:
+        for step in range(start + 1, total + 1):  # `step`: the weights' step once this step is taken
             t0 = time.perf_counter()
-            rng_before = torch.get_rng_state()  # dropout's draws, undone if this step diverges
-            batch = soil.train_batch(step, batch_size)
-            targets = loss_targets(batch, cond.objective.loss_on)
-            n_loss_tokens = int((targets != -100).sum())  # over the global batch
-            batch, targets = batch.rows(my_rows).to(device), targets[my_rows].to(device)
+            taken = _train_step(g, learner, step - 1, stop)
+            g.watching.train_s += time.perf_counter() - t0
+            clock.steps_since += 1
+            _after_step(g, learner, step, taken, clock, bar, stop)
+    _finish(g, clock, taken.loss)
+    return g.run
 
-            lr = learning_rate(step, cond.optimizer, sched)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            with autocast(device, cond.precision):
-                logits = model(batch.inputs)
-            loss_sum = F.cross_entropy(logits.to(loss_dtype(cond)).flatten(0, 1), targets.flatten(), reduction="sum")
-            (loss_sum / n_loss_tokens).backward()
-            # one all-reduce carries the gradients, the loss, "somebody was asked to stop"
-            # and "a listener asked for a checkpoint at this step" (known to the main process only)
-            wants_stop = torch.tensor([float(stop[0])], device=device)
-            wants_ckpt = torch.tensor([float(step + 1 in watching.extra_checkpoints)], device=device)
-            reduced = _all_reduce_grads(params, dist, [loss_sum.detach().view(1), wants_stop, wants_ckpt])
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cond.optimizer.grad_clip or math.inf, foreach=True)
-            # both are all-reduced, so every rank sees the same values and stops at the same step
-            loss_value = reduced[0].item() / n_loss_tokens
-            if not (math.isfinite(loss_value) and math.isfinite(grad_norm.item())):
-                torch.set_rng_state(rng_before)
-                has_checkpoint = dist.share(dist.main and any(r.step == step for r in run.checkpoints()))
-                if not has_checkpoint:  # the weights before the bad step; the optimizer has not taken it
-                    _save(run if dist.main else None, model, opt, step, tokens_per_step, dist)
-                why = divergence(step + 1, loss_value, grad_norm.item(), cond)
-                if dist.main:
-                    run.commit()
-                    run.log_event(step + 1, "diverged", why)
-                raise SeedbedError(f"run '{run_path}' {why}")
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            stop_now = reduced[1].item() > 0
-            watching.train_s += time.perf_counter() - t0
-            steps_since += 1
 
-            if dist.main:
-                run.log_metrics(step, {"train/loss": loss_value})
-            evaluating_now = step % sched.eval_every == 0 or step == total
-            checkpointing = cond.checkpoints.due(step, total)
-            if dist.main and (evaluating_now or watching.due(step, checkpointing, sched.eval_every)):
-                t1 = time.perf_counter()
-                metrics: dict[str, float] = {}
-                if evaluating_now:
-                    tps = tokens_per_step * steps_since / max(watching.train_s - train_time_then, 1e-9)  # training steps only
-                    steps_since, train_time_then = 0, watching.train_s
-                    metrics = evaluate(model, soil, cond, device, stop)
-                    metrics.update({"train/lr": lr, "train/grad_norm": float(grad_norm), "train/tokens_per_s": tps})
-                    if bar is not None and "eval/loss" in metrics:
-                        bar.update(bar.task_ids[0], tps=f"{tps:,.0f}", eval_loss=f"{metrics['eval/loss']:.3f}")
-                observe(step, metrics)
-                eval_time += time.perf_counter() - t1
-            elif evaluating_now:  # other ranks keep the tokens/s window in step
-                steps_since, train_time_then = 0, watching.train_s
-            if bar is not None:
-                bar.update(bar.task_ids[0], completed=step, loss=f"{loss_value:.3f}")
-            if checkpointing or stop_now or reduced[2].item() > 0:
-                _save(run if dist.main else None, model, opt, step, tokens_per_step, dist)
-            if stop_now and step < total:
-                if dist.main:
-                    run.log_event(step, "interrupted", f"stopped at step {step}; checkpoint saved")
-                    say(f"[yellow]interrupted at step {step:,}: checkpoint saved. Continue with: seedbed grow --resume {run_path}")
-                raise Interrupted(step)
+def _seedling(g: Growing) -> Learner:
+    """The model from the seed alone, and its optimizer."""
+    model = Transformer(g.cond.architecture, seed=g.cond.seed).to(g.device)
+    opt = make_optimizer(model, g.cond.optimizer)
+    torch.manual_seed(g.cond.seed + g.dist.rank)  # only dropout draws from the global RNG
+    return Learner(model, opt, list(model.parameters()))
 
-    if dist.main:
-        spent = f"eval and observers took {eval_time:.1f}s of {watching.train_s + eval_time:.1f}s"
-        if watching.observers:
-            spent += f"; observers {watching.observe_s:.1f}s = {watching.observe_s / max(watching.train_s, 1e-9):.1%} of training time"
-        run.log_event(total, "done", f"grew {total:,} steps; {spent}")
-        final = run.last_metric("eval/loss")
-        held_out = "" if final is None else f", eval loss {final:.4f}"
-        say(f"[green]grew {run.name}[/]: {total:,} steps, train loss {loss_value:.4f}{held_out} → {run_path}")
-    return run
+
+def _first_checkpoint(g: Growing, learner: Learner) -> int:
+    """A new run: step 0 saved (and observed) before anything moves. Returns the step to start from."""
+    if g.run is not None:
+        g.run.log_event(0, "start", f"growing {g.run.name}: {learner.model.n_params():,} parameters, {g.cond.schedule.steps:,} steps")
+    _save(g, learner, 0)
+    if g.run is not None and g.watching.observers:
+        _observe(g, learner, 0, {})
+    return 0
+
+
+def _resume(g: Growing, learner: Learner) -> int | None:
+    """A resumed run: its newest verified checkpoint and the time spent so far. None if it is complete."""
+    start = snapshot.restore(g.run, g.run_path, learner.model, learner.opt, g.dist, g.cond.schedule.steps, g.say)
+    if start is not None and g.run is not None:
+        g.watching.observe_s = g.run.last_metric("time/observe_s") or 0.0
+        g.watching.train_s = g.run.last_metric("time/train_s") or 0.0
+    return start
+
+
+def _train_step(g: Growing, learner: Learner, step: int, stop: list[bool]) -> Taken:
+    """Forward, loss, backward, all-reduce, clip, optimizer step: batch `step` takes the weights to step + 1."""
+    cond, batch_size = g.cond, g.cond.schedule.batch_size
+    rng_before = torch.get_rng_state()  # dropout's draws, undone if this step diverges
+    batch = g.soil.train_batch(step, batch_size)
+    targets = loss_targets(batch, cond.objective.loss_on)
+    n_loss_tokens = int((targets != -100).sum())  # over the global batch
+    batch, targets = batch.rows(g.my_rows).to(g.device), targets[g.my_rows].to(g.device)
+
+    lr = learning_rate(step, cond.optimizer, cond.schedule)
+    for group in learner.opt.param_groups:
+        group["lr"] = lr
+    with autocast(g.device, cond.precision):
+        logits = learner.model(batch.inputs)
+    loss_sum = F.cross_entropy(logits.to(loss_dtype(cond)).flatten(0, 1), targets.flatten(), reduction="sum")
+    (loss_sum / n_loss_tokens).backward()
+    # one all-reduce carries the gradients, the loss, "somebody was asked to stop"
+    # and "a listener asked for a checkpoint at this step" (known to the main process only)
+    wants_stop = torch.tensor([float(stop[0])], device=g.device)
+    wants_ckpt = torch.tensor([float(step + 1 in g.watching.extra_checkpoints)], device=g.device)
+    reduced = all_reduce_grads(learner.params, g.dist, [loss_sum.detach().view(1), wants_stop, wants_ckpt])
+    grad_norm = torch.nn.utils.clip_grad_norm_(learner.params, cond.optimizer.grad_clip or math.inf, foreach=True).item()
+    loss = reduced[0].item() / n_loss_tokens
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        torch.set_rng_state(rng_before)
+        _diverged(g, learner, step, loss, grad_norm)
+    learner.opt.step()
+    learner.opt.zero_grad(set_to_none=True)
+    return Taken(loss, grad_norm, lr, reduced[1].item() > 0, reduced[2].item() > 0)
+
+
+def _diverged(g: Growing, learner: Learner, step: int, loss: float, grad_norm: float) -> NoReturn:
+    """Keep the weights before the bad step (the optimizer has not taken it), say why, and stop."""
+    has_checkpoint = g.dist.share(g.run is not None and any(r.step == step for r in g.run.checkpoints()))
+    if not has_checkpoint:
+        _save(g, learner, step)
+    why = divergence(step + 1, loss, grad_norm, g.cond)
+    if g.run is not None:
+        g.run.commit()
+        g.run.log_event(step + 1, "diverged", why)
+    raise SeedbedError(f"run '{g.run_path}' {why}")
+
+
+def _after_step(g: Growing, learner: Learner, step: int, taken: Taken, clock: Clock, bar: Progress | None, stop: list[bool]) -> None:
+    """Log, evaluate and observe when due, checkpoint when due or asked, stop when asked."""
+    sched, total = g.cond.schedule, g.cond.schedule.steps
+    if g.run is not None:
+        g.run.log_metrics(step, {"train/loss": taken.loss})
+    evaluating_now = step % sched.eval_every == 0 or step == total
+    checkpointing = g.cond.checkpoints.due(step, total)
+    if g.run is not None and (evaluating_now or g.watching.due(step, checkpointing, sched.eval_every)):
+        t1 = time.perf_counter()
+        metrics: dict[str, float] = {}
+        if evaluating_now:
+            metrics = _evaluate(g, learner, taken, clock, bar, stop)
+        _observe(g, learner, step, metrics)
+        clock.eval_s += time.perf_counter() - t1
+    elif evaluating_now:  # other ranks keep the tokens/s window in step
+        clock.window(g.watching.train_s, g.tokens_per_step)
+    if bar is not None:
+        bar.update(bar.task_ids[0], completed=step, loss=f"{taken.loss:.3f}")
+    if checkpointing or taken.stop or taken.checkpoint:
+        _save(g, learner, step)
+    if taken.stop and step < total:
+        if g.run is not None:
+            g.run.log_event(step, "interrupted", f"stopped at step {step}; checkpoint saved")
+        g.say(f"[yellow]interrupted at step {step:,}: checkpoint saved. Continue with: seedbed grow --resume {g.run_path}")
+        raise Interrupted(step)
+
+
+def _evaluate(g: Growing, learner: Learner, taken: Taken, clock: Clock, bar: Progress | None, stop: list[bool]) -> dict[str, float]:
+    """Held-out metrics, with the step's learning rate, gradient norm and the tokens/s since the last eval."""
+    tps = clock.window(g.watching.train_s, g.tokens_per_step)  # training steps only
+    metrics = evaluate(learner.model, g.soil, g.cond, g.device, stop)
+    metrics.update({"train/lr": taken.lr, "train/grad_norm": taken.grad_norm, "train/tokens_per_s": tps})
+    if bar is not None and "eval/loss" in metrics:
+        bar.update(bar.task_ids[0], tps=f"{tps:,.0f}", eval_loss=f"{metrics['eval/loss']:.3f}")
+    return metrics
+
+
+def _observe(g: Growing, learner: Learner, step: int, metrics: dict[str, float]) -> None:
+    """Observe (main process only), store everything measured at `step`, tell the listeners."""
+    assert g.run is not None
+    observed = finite(g.watching.observe(learner.model, step))
+    metrics.update(observed)
+    if g.watching.observers:
+        metrics.update({"time/observe_s": g.watching.observe_s, "time/train_s": g.watching.train_s})
+    g.run.log_metrics(step, finite(metrics))
+    g.run.commit()
+    g.watching.hear(g.run, step, observed, _in_memory(g, learner, step))
+
+
+def _in_memory(g: Growing, learner: Learner, step: int) -> Callable[[], checkpoint.Encoded] | None:
+    """The checkpoint of `step`, encoded when a listener wants it kept in memory. Only in a single
+    process: a past checkpoint would need every rank's RNG state, gathered at that step."""
+    if g.dist.world > 1:
+        return None
+    return lambda: checkpoint.encode(learner.model, step, step * g.tokens_per_step, snapshot.state(learner.opt, step, g.dist, g.device))
+
+
+def _save(g: Growing, learner: Learner, step: int) -> None:
+    """Checkpoint `step` (collective: every rank calls it; rank 0 writes)."""
+    snapshot.save(g.run, learner.model, learner.opt, step, g.tokens_per_step, g.dist)
+
+
+def _finish(g: Growing, clock: Clock, loss: float) -> None:
+    """The closing event and line: where the time went, the last losses."""
+    if g.run is None:
+        return
+    w, total = g.watching, g.cond.schedule.steps
+    spent = f"eval and observers took {clock.eval_s:.1f}s of {w.train_s + clock.eval_s:.1f}s"
+    if w.observers:
+        spent += f"; observers {w.observe_s:.1f}s = {w.observe_s / max(w.train_s, 1e-9):.1%} of training time"
+    g.run.log_event(total, "done", f"grew {total:,} steps; {spent}")
+    final = g.run.last_metric("eval/loss")
+    held_out = "" if final is None else f", eval loss {final:.4f}"
+    g.say(f"[green]grew {g.run.name}[/]: {total:,} steps, train loss {loss:.4f}{held_out} → {g.run_path}")
 
 
 def finite(values: dict[str, float]) -> dict[str, float]:
@@ -548,77 +596,3 @@ def divergence(step: int, loss: float, grad_norm: float, cond: Conditions) -> st
         f"diverged at step {step}: the {bad} became {'NaN' if math.isnan(value) else 'infinite'} "
         f"(optimizer.lr={cond.optimizer.lr:g} is likely too high): {advice}; the weights up to step {step - 1} are saved"
     )
-
-
-def _all_reduce_grads(params: list[Tensor], dist: Distributed, extras: list[Tensor]) -> Tensor:
-    """Sum gradients (and a few scalars) over ranks in one call; returns the summed scalars."""
-    extra = torch.cat(extras)
-    if dist.world == 1:
-        return extra
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.flatten() for g in grads] + [extra])
-    torch_dist.all_reduce(flat)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
-    return flat[offset:]
-
-
-def _rng_states(dist: Distributed, device: torch.device) -> list[Tensor]:
-    """Every rank's CPU RNG state (index = rank); dropout is the only consumer."""
-    mine = torch.get_rng_state()
-    if dist.world == 1:
-        return [mine]
-    mine = mine.to(device)  # NCCL gathers GPU tensors only
-    out: list[Tensor] = [torch.empty_like(mine) for _ in range(dist.world)]
-    torch_dist.all_gather(out, mine)
-    return [t.cpu() for t in out]
-
-
-def _state(opt: torch.optim.Optimizer, step: int, dist: Distributed, device: torch.device) -> dict:
-    """What resuming needs besides the weights. Collective: every rank takes part."""
-    return {
-        "step": step,
-        "cursor": step,  # one global batch per step
-        # (the learning-rate schedule is a pure function of the step: the step is its whole state)
-        "optimizer": opt.state_dict(),
-        "rng": _rng_states(dist, device),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _save(run: Run | None, model: nn.Module, opt: torch.optim.Optimizer, step: int, tokens_per_step: int, dist: Distributed) -> None:
-    state = _state(opt, step, dist, next(model.parameters()).device)
-    if run is not None:
-        checkpoint.save(run, model, step, step * tokens_per_step, state)
-
-
-def _restore(run, run_path, model, opt, dist, total, say) -> int | None:
-    """Load the newest checkpoint that verifies; returns its step, or None if the run is complete."""
-    if dist.main:
-        run.remove_partial_writes()  # the remains of a write that a crash cut short
-        loaded = checkpoint.newest_valid(run, say=lambda m: say(f"[yellow]{m}"))
-        step = loaded.record.step if loaded else -1
-    step = dist.share(step if dist.main else None)
-    if not dist.main and step >= 0:
-        reader = Run.open(run_path, readonly=True)
-        loaded = checkpoint.load(reader, next(r for r in reader.checkpoints() if r.step == step))
-        reader.close()
-    if step < 0:
-        raise SeedbedError(f"run '{run_path}' has no checkpoint that verifies: grow it again from its conditions.toml under a new --name")
-    checkpoint.load_into(model, loaded.weights)
-    state = loaded.state
-    opt.load_state_dict(state["optimizer"])
-    rngs = state["rng"]
-    torch.set_rng_state(rngs[dist.rank] if dist.rank < len(rngs) else rngs[0])
-    if state["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    if step >= total:
-        say(f"run '{run_path}' is already complete at step {step:,}: nothing to do")
-        return None
-    if dist.main:
-        run.forget_after(step)
-        run.log_event(step, "resume", f"resumed from step {step}")
-        say(f"resuming {run.name} from step {step:,}")
-    return step
