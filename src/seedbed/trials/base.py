@@ -31,11 +31,15 @@ HELD, NOT_HELD, INCONCLUSIVE = "held", "did not hold", "inconclusive"
 
 @dataclass(frozen=True)
 class Prediction:
-    """One prediction, as written before the run: what should happen and the threshold it must pass."""
+    """One prediction, as written before the run: what should happen and the threshold it must pass.
+
+    `null`: what the alternative, chance or symmetry alone would give, so a reader sees that the
+    prediction could fail ("" where not stated)."""
 
     id: str
     text: str
     threshold: str
+    null: str = ""
 
 
 @dataclass
