@@ -6,12 +6,17 @@ attention-only, no LayerNorm, tied embeddings. Hook names follow TransformerLens
 Speed: attention normally runs fused (one QKV matmul + `scaled_dot_product_attention`).
 Only when someone hooks the attention scores or pattern does a layer compute them
 explicitly; both paths agree to float tolerance (tests/test_model.py).
+
+Sampling: `model(new_tokens, cache)` with a `KVCache` runs only the new positions, reading the
+earlier ones' keys and values from the cache, and gives the logits a forward over the whole
+sequence would (tests/test_sample.py). Hooks then see the new positions only.
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -46,6 +51,40 @@ class LayerNorm(nn.Module):
         return self.hook_normalized(out)
 
 
+@dataclass
+class LayerKV:
+    """One layer's keys and values of the positions run so far, [batch, pos, head, d_head] each."""
+
+    k: Tensor | None = None
+    v: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[1]
+
+    def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append the new positions' keys and values; returns those of every position so far."""
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=1)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=1)
+        return self.k, self.v
+
+
+@dataclass
+class KVCache:
+    """Every layer's keys and values so far, so that a forward need only run the new tokens (sampling)."""
+
+    layers: list[LayerKV] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, n_layers: int) -> KVCache:
+        return cls([LayerKV() for _ in range(n_layers)])
+
+    @property
+    def length(self) -> int:
+        """Positions already run: the new tokens' positions start here."""
+        return self.layers[0].length if self.layers else 0
+
+
 class Attention(nn.Module):
     """Causal multi-head self-attention."""
 
@@ -61,23 +100,30 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [batch, head, query, key]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]: pattern-weighted values
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, kv: LayerKV | None = None) -> Tensor:
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head).unbind(2)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        past = 0
+        if kv is not None:  # the earlier positions' keys and values come from the cache: T queries, S keys
+            past = kv.length
+            k, v = kv.extend(k, v)
+        S = k.shape[1]
         p_drop = self.dropout if self.training else 0.0
         if self.hook_attn_scores.fns or self.hook_pattern.fns:  # explicit path: materialise the pattern
-            future = torch.full((T, T), float("-inf"), dtype=q.dtype, device=x.device).triu_(1)
+            future = torch.full((T, S), float("-inf"), dtype=q.dtype, device=x.device).triu_(1 + past)
             H, d = self.n_heads, self.d_head  # one fused op: future + (q @ kᵀ) / sqrt(d_head)
             scores = torch.baddbmm(
-                future, q.transpose(1, 2).reshape(B * H, T, d), k.permute(0, 2, 3, 1).reshape(B * H, d, T), alpha=1 / math.sqrt(d)
-            ).view(B, H, T, T)
+                future, q.transpose(1, 2).reshape(B * H, T, d), k.permute(0, 2, 3, 1).reshape(B * H, d, S), alpha=1 / math.sqrt(d)
+            ).view(B, H, T, S)
             scores = self.hook_attn_scores(scores)
             pattern = self.hook_pattern(scores.softmax(dim=-1))
             z = torch.matmul(F.dropout(pattern, p_drop), v.transpose(1, 2)).transpose(1, 2)
-        else:  # fast path: fused kernel, no T×T tensor kept
+        else:  # fast path: fused kernel, no T×S tensor kept
+            # is_causal aligns the mask top-left, right only when queries and keys start together (no cache)
+            mask = None if past == 0 else torch.ones(T, S, dtype=torch.bool, device=x.device).tril_(past)
             z = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p_drop, is_causal=True
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=p_drop, is_causal=past == 0
             ).transpose(1, 2)
         z = self.hook_z(z)
         return F.dropout(self.out(z.reshape(B, T, -1)), p_drop)
@@ -139,9 +185,9 @@ class Block(nn.Module):
             self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, kv: LayerKV | None = None) -> Tensor:
         x = self.hook_resid_pre(x)
-        x = x + self.hook_attn_out(self.attn(self.ln1(x)))
+        x = x + self.hook_attn_out(self.attn(self.ln1(x), kv))
         if self.has_mlp:
             x = self.hook_resid_mid(x)
             x = x + self.hook_mlp_out(self.mlp(self.ln2(x)))
@@ -190,18 +236,23 @@ class Transformer(nn.Module):
                 std = residual_std if name.endswith(("attn.out.weight", "mlp.fc_out.weight")) else 0.02
             p.copy_(torch.randn(p.shape, generator=g) * std)
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Logits of every position of `tokens`; with a `cache`, `tokens` are the positions after the cached ones
+        (their keys and values are added to it) and the hooks see those new positions only."""
         T = tokens.shape[1]
+        start = 0 if cache is None else cache.length
         if T == 0:
             raise SeedbedError("input has no tokens: give at least one per sequence")
-        if T > self.cfg.n_ctx:
-            raise SeedbedError(f"input has {T} tokens but the model's n_ctx is {self.cfg.n_ctx}: shorten the input")
-        pos = torch.arange(T, device=tokens.device)
+        if start + T > self.cfg.n_ctx:
+            held = f" after {start} cached" if start else ""
+            raise SeedbedError(f"input has {T} tokens{held} but the model's n_ctx is {self.cfg.n_ctx}: shorten the input")
+        pos = torch.arange(start, start + T, device=tokens.device)  # positions continue after the cached ones
         x = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(pos))
         if self.cfg.dropout and self.training:
             x = F.dropout(x, self.cfg.dropout)
-        for block in self.blocks:
-            x = block(x)
+        kvs = cache.layers if cache is not None else [None] * len(self.blocks)
+        for block, kv in zip(self.blocks, kvs):
+            x = block(x, kv)
         return self.unembed(self.ln_final(x))
 
     def n_params(self) -> int:
