@@ -50,7 +50,7 @@ def trial_result() -> dict:
             {"id": "b", "text": f"a head with induction score > 0.5 appears {NASTY}", "threshold": "score > 0.5",
              "measured": "L1H3 0.91", "held": True},
             {"id": "c", "text": "the one-layer control grows no such head", "threshold": "max score < 0.2",
-             "measured": "0.35", "held": False},
+             "measured": "0.35", "held": False, "null": "chance alone gives <2x"},
             {"id": "d", "text": "the transition coincides with the ICL score's change point", "threshold": "within 100 steps",
              "measured": "no change point found", "held": None},
         ],
@@ -109,6 +109,7 @@ def test_trial_report_is_self_contained_and_complete(tmp_path):
     assert "Olsson et al. 2022" in page
     for p in result["predictions"]:
         assert all(html.escape(p[k]) in page for k in ("text", "threshold", "measured"))
+    assert "null: chance alone gives &lt;2x" in page  # a prediction's null, where the trial states one
     assert page.count("✓") == 2 and page.count("✗") == 1 and 'aria-label="could not be measured"' in page
     for key in result["evidence"]:
         assert f"<code>{key}</code>" in page

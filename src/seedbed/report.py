@@ -491,7 +491,7 @@ def _prediction(r: dict) -> str:
             [
                 esc(p.get("id", "")),
                 esc(p.get("text", "")),
-                esc(p.get("threshold", "")),
+                esc(p.get("threshold", "")) + (f'<br><span class="note">null: {esc(p["null"])}</span>' if p.get("null") else ""),
                 esc(p.get("measured", "–")),
                 f'<span class="mark {cls}" title="{word}" aria-label="{word}">{mark}</span>',
             ]
