@@ -103,6 +103,13 @@ class Trial:
         """The runs to grow, by name; "main" first. Each grows in the trial's folder under its name."""
         raise NotImplementedError
 
+    def after_main(self, scale: str, seed: int, folder: Path) -> dict[str, Conditions]:
+        """Runs whose conditions depend on the grown main run (FOLDER/main): a child grown from it, or data
+        searched on it. Grown after main and the other runs; their conditions reach trial.json, not
+        prediction.json, since they do not exist before main has grown; how they are made is in the trial file
+        (whose sha256 prediction.json holds)."""
+        return {}
+
     def seeds_per_trial(self, scale: str) -> int:
         """How many consecutive seeds one trial uses from its seed, so that `--seeds` never shares a seed."""
         return 1

@@ -143,7 +143,7 @@ def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None =
     runs = trial.conditions(scale, seed)
     say(f"growing {MAIN}: {out / MAIN}")
     grow_one(trial, scale, runs[MAIN], out, MAIN, say, progress, console)
-    others = [(k, c) for k, c in runs.items() if k != MAIN]
+    others = [(k, c) for k, c in runs.items() if k != MAIN] + list(later_runs(trial, scale, seed, out, pre, say).items())
     workers = min(trial.workers(), len(others))
     if workers > 1:
         grow_in_pool(trial, scale, [(out, k, c) for k, c in others], workers, out, say)
@@ -158,6 +158,20 @@ def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None =
         say(f"  {mark} ({p['id']}) {escape(p['measured'])}")
     say(f"[bold {colour}]verdict: {result['verdict']}[/] in {time.perf_counter() - t0:.0f}s → {out / 'report.html'}")
     return out
+
+
+def later_runs(trial: Trial, scale: str, seed: int, out: Path, pre: dict[str, Any], say: Say) -> dict[str, Conditions]:
+    """The runs made from the grown main run (Trial.after_main), added to what `finish` measures and records."""
+    later = trial.after_main(scale, seed, out)
+    if later:
+        clash = sorted(set(later) & set(pre["runs"]))
+        if clash:
+            raise SeedbedError(f"trial '{trial.name}': after_main names runs it already has ({', '.join(clash)})")
+        say(f"made from {MAIN}: {', '.join(later)}")
+        pre["runs"].update({k: k for k in later})
+        pre["conditions"].update({k: c.model_dump(mode="json", exclude_none=True) for k, c in later.items()})
+        pre["after_main"] = sorted(later)
+    return later
 
 
 def announce(trial: Trial, what: str, say: Say) -> None:
@@ -338,6 +352,9 @@ def run_seeds(trial: Trial, scale: str, first: int, n: int, out: Path | None, ru
 
     jobs = [(out / f"seed-{s}", k, c) for s in seeds for k, c in trial.conditions(scale, s).items()]
     grow_in_pool(trial, scale, jobs, max(1, min(len(jobs), available_cores())), out, say)
+    later = [(out / f"seed-{s}", k, c) for s in seeds for k, c in later_runs(trial, scale, s, out / f"seed-{s}", pres[s], say).items()]
+    if later:
+        grow_in_pool(trial, scale, later, max(1, min(len(later), available_cores())), out, say)
     per_seed = []
     for s in seeds:
         r = finish(trial, pres[s], out / f"seed-{s}", say)
