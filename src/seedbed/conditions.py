@@ -233,6 +233,47 @@ class Checkpoints(_Strict):
         return sorted(chosen)
 
 
+class Init(_Strict):
+    """Start from a parent run's checkpoint instead of the seed: a child run.
+
+    The child keeps its parent's architecture and takes the weights of one verified checkpoint
+    (`step`, default the newest that verifies); its own steps, schedule and soil start afresh.
+    `step` and `sha256` are filled in when the child starts, so its conditions.toml records
+    exactly which weights it grew from (and growing it again checks they are still those).
+    """
+
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    from_: str = Field(alias="from", min_length=1, description="the parent run's folder, e.g. \"runs/NAME\"")
+    step: Int64 | None = Field(None, ge=0, description="the parent's checkpoint; default: its newest that verifies")
+    keep_optimizer: bool = Field(False, description="continue the parent's optimizer state (Adam moments) instead of a fresh one")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="the parent checkpoint's recorded hash; filled in at start")
+
+    @field_validator("from_")
+    @classmethod
+    def _a_path(cls, path: str) -> str:
+        if "\0" in path or not path.strip():
+            raise ValueError("give the parent run's folder, e.g. \"runs/NAME\"")
+        return path
+
+
+class Train(_Strict):
+    """Which parameters train. Patterns use the model's own names with `*` (fnmatch): a pattern
+    selects a parameter if it matches its name or a module path it lies under ("unembed",
+    "blocks.*.attn", "blocks.1.*"). The rest stay frozen: not in the optimizer, bit-identical."""
+
+    only: list[str] | None = Field(None, description="train only these; default: every parameter")
+    freeze: list[str] = Field(default_factory=list, description="never train these (applied after `only`)")
+
+    @field_validator("only", "freeze")
+    @classmethod
+    def _patterns(cls, patterns: list[str] | None) -> list[str] | None:
+        for p in patterns or []:
+            if not p.strip() or not p.isprintable():
+                raise ValueError(f"{p!r} is not a parameter name pattern: write e.g. \"unembed\" or \"blocks.*.attn\"")
+        return patterns
+
+
 class Conditions(_Strict):
     """The whole recipe of a run. Same Conditions + same seed ⇒ same weights."""
 
@@ -246,6 +287,8 @@ class Conditions(_Strict):
     optimizer: Optimizer = Field(default_factory=Optimizer)
     schedule: Schedule = Field(default_factory=Schedule)
     checkpoints: Checkpoints = Field(default_factory=Checkpoints)
+    init: Init | None = Field(None, description="grow from a parent run's checkpoint instead of the seed")
+    train: Train = Field(default_factory=Train)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     versions: dict[str, str] = Field(default_factory=dict, description="filled in when a run starts")

@@ -15,6 +15,7 @@ over ranks gives exactly the gradient of the single-process loss.
 from __future__ import annotations
 
 import math
+import re
 import signal
 import sqlite3
 import time
@@ -22,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import NoReturn
 
@@ -33,10 +35,11 @@ from torch import Tensor, nn
 
 from seedbed import checkpoint, snapshot
 from seedbed import conditions as conditions_module
-from seedbed.conditions import Conditions, Optimizer, Schedule, package_versions
+from seedbed.conditions import Conditions, Optimizer, Schedule, Train, package_versions
 from seedbed.contained import remove_tree
 from seedbed.distributed import Distributed, all_reduce_grads, backend_for, pick_device
 from seedbed.errors import SeedbedError
+from seedbed.lineage import Parent, find_parent
 from seedbed.model import Transformer
 from seedbed.run import Run
 from seedbed.soil import Batch, SoilBase, make_soil, resolve
@@ -67,14 +70,90 @@ def learning_rate(step: int, opt: Optimizer, sched: Schedule) -> float:
 
 
 def make_optimizer(model: nn.Module, o: Optimizer) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only: decaying gains and biases only hurts."""
-    params = list(model.parameters())
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+    """AdamW over the parameters that train, with weight decay on matrices only: decaying gains and biases only hurts."""
+    matrices, vectors = decay_groups([p for p in model.parameters() if p.requires_grad])
+    groups = [{"params": matrices, "weight_decay": o.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
     # The fused kernel is one pass over all parameters (CPU and CUDA); it is deterministic.
     return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, fused=True)
+
+
+def decay_groups(params: list[nn.Parameter]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Matrices (decayed) and the rest (not), in the order the optimizer numbers its parameters."""
+    return [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
+
+
+# ── which parameters train ([train] only / freeze) ──────────────────────────
+def _matches(pattern: str, name: str) -> bool:
+    """`pattern` names the parameter `name` or a module it lies under ("blocks.*.attn" → blocks.0.attn.qkv.weight)."""
+    parts = name.split(".")
+    return any(fnmatchcase(".".join(parts[:i]), pattern) for i in range(1, len(parts) + 1))
+
+
+def choose_trained(model: nn.Module, train: Train) -> list[nn.Parameter]:
+    """The parameters `train` lets train, in the model's order. A pattern matching nothing is a one-line error.
+
+    A tied parameter has two names (embed.weight, unembed.weight): either selects it."""
+    named = list(model.named_parameters(remove_duplicate=False))
+
+    def selected(patterns: list[str], key: str) -> set[int]:
+        ids: set[int] = set()
+        for pattern in patterns:
+            hit = {id(p) for n, p in named if _matches(pattern, n)}
+            if not hit:
+                raise SeedbedError(f"train.{key}: {pattern!r} matches no parameter of this model: its names are "
+                                   f"{parameter_names(model)} (N: a layer number; * matches anything)")
+            ids |= hit
+        return ids
+
+    keep = selected(train.only, "only") if train.only is not None else {id(p) for _, p in named}
+    keep -= selected(train.freeze, "freeze")
+    trained = [p for p in model.parameters() if id(p) in keep]
+    if not trained:
+        raise SeedbedError("[train] leaves no parameter to train: widen train.only or narrow train.freeze")
+    return trained
+
+
+def parameter_names(model: nn.Module) -> str:
+    """The model's module paths for an error message, layers folded: "embed, blocks.N.attn, …, unembed"."""
+    paths = [re.sub(r"\.\d+(?=\.|$)", ".N", n.rsplit(".", 1)[0]) for n, _ in model.named_parameters(remove_duplicate=False)]
+    return ", ".join(dict.fromkeys(paths))
+
+
+def train_only(model: nn.Module, train: Train) -> list[nn.Parameter]:
+    """Freeze what `train` leaves out (requires_grad False: autograd never goes through it, the optimizer never
+    holds it, so it stays bit-identical); returns the parameters that train, in the model's order."""
+    trained = choose_trained(model, train)
+    ids = {id(p) for p in trained}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in ids)
+    return trained
+
+
+def adopt_optimizer(opt: torch.optim.Optimizer, model: nn.Module, parent: Parent) -> None:
+    """Continue the parent's Adam moments for every parameter both train, matched by name (the parent may
+    have trained others); the child's own hyperparameters (lr, betas, weight decay) stay its own."""
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def numbered(params: list[nn.Parameter]) -> list[str]:
+        matrices, vectors = decay_groups(params)
+        return [names[id(p)] for p in matrices + vectors]
+
+    theirs = {n: i for i, n in enumerate(numbered(choose_trained(model, parent.train)))}
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    where = f'[init] keep_optimizer: the optimizer state of "{parent.path}" at step {parent.step}'
+    try:
+        saved, state = parent.optimizer["state"], {}
+        for i, name in enumerate(numbered([p for p in model.parameters() if p.requires_grad])):
+            moments = saved.get(theirs.get(name, -1))
+            if moments is not None:
+                if any(tuple(moments[k].shape) != shapes[name] for k in ("exp_avg", "exp_avg_sq")):
+                    raise ValueError(f"{name} has moments of another shape")
+                state[i] = moments
+        full = opt.state_dict()
+        full["state"] = state
+        opt.load_state_dict(full)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise SeedbedError(f"{where} does not fit this model ({err}): leave keep_optimizer out to start it fresh") from None
 
 
 def loss_targets(batch: Batch, loss_on: str) -> Tensor:
@@ -213,6 +292,7 @@ def grow(
     console = console or Console()
     if (conditions is None) == (resume is None):
         raise SeedbedError("give a conditions file (seedbed grow examples/induction.toml) or --resume runs/NAME, not both")
+    parent = None
 
     if resume is not None:
         run_path = Path(resume)
@@ -222,13 +302,17 @@ def grow(
         cond, soil = resolve(conditions)
         cond = cond.model_copy(update={"versions": package_versions()})
         run_path = Run.check_new(Path(runs_dir), name or cond.name or "run")
+        with torch.device("meta"):  # names only, nothing allocated: a pattern matching nothing is refused before any folder
+            choose_trained(Transformer(cond.architecture), cond.train)
+        if cond.init is not None:
+            cond, parent = find_parent(cond)
 
     dist = Distributed.from_env(backend_for(cond.device))
     try:
         if observe_every is not None and observe_every < 1:
             raise SeedbedError(f"observe_every={observe_every}: observe every 1 or more steps")
         g = Growing(cond, soil, run_path, resume is not None, dist, pick_device(cond.device, dist),
-                    Watching(observers, observe_every, listeners), progress, console)
+                    Watching(observers, observe_every, listeners), progress, console, parent=parent)
         run = _start(g, Path(runs_dir))
     except BaseException:
         dist.close(together=False)  # a barrier could wait forever for a rank that failed elsewhere
@@ -269,6 +353,7 @@ class Growing:
     progress: bool
     console: Console
     run: Run | None = None  # the open run folder, on rank 0 only: the other ranks never write
+    parent: Parent | None = None  # a new child run's verified starting checkpoint ([init] from)
 
     def __post_init__(self) -> None:
         self.my_rows = self.dist.rows(self.cond.schedule.batch_size)  # this rank's rows of every global batch
@@ -301,8 +386,10 @@ def _start(g: Growing, runs_dir: Path) -> Run:
             if g.run is not None:
                 g.run.release_lock()
     except BaseException:
-        if g.run is not None and not g.resuming:
-            discard_if_unstarted(g.run)
+        if g.run is not None:
+            if not g.resuming:
+                discard_if_unstarted(g.run)
+            g.run.close()  # what was not committed (metrics after the last checkpoint) is rolled back: a resume regrows it
         raise
 
 
@@ -433,21 +520,38 @@ def _grow(g: Growing) -> Run:
 
 
 def _seedling(g: Growing) -> Learner:
-    """The model from the seed alone, and its optimizer."""
+    """The model from the seed alone (or, for a new child, its parent's weights), the parameters that train,
+    and their optimizer (fresh, or continuing the parent's with keep_optimizer)."""
     model = Transformer(g.cond.architecture, seed=g.cond.seed).to(g.device)
+    if g.parent is not None:
+        checkpoint.load_into(model, g.parent.weights)
+    params = train_only(model, g.cond.train)
     opt = make_optimizer(model, g.cond.optimizer)
+    if g.parent is not None and g.parent.optimizer is not None:
+        adopt_optimizer(opt, model, g.parent)
     torch.manual_seed(g.cond.seed + g.dist.rank)  # only dropout draws from the global RNG
-    return Learner(model, opt, list(model.parameters()))
+    return Learner(model, opt, params)
 
 
 def _first_checkpoint(g: Growing, learner: Learner) -> int:
     """A new run: step 0 saved (and observed) before anything moves. Returns the step to start from."""
     if g.run is not None:
-        g.run.log_event(0, "start", f"growing {g.run.name}: {learner.model.n_params():,} parameters, {g.cond.schedule.steps:,} steps")
+        g.run.log_event(0, "start", _start_line(g, learner))
+        for note in g.parent.skipped if g.parent is not None else []:
+            g.run.log_event(0, "parent-checkpoint-skipped", note)
+            g.say(f"[yellow]note: {note}: starting from step {g.parent.step}")
     _save(g, learner, 0)
     if g.run is not None and g.watching.observers:
         _observe(g, learner, 0, {})
     return 0
+
+
+def _start_line(g: Growing, learner: Learner) -> str:
+    """The start event: what grows, from what, and how much of it trains."""
+    n_params, trained = learner.model.n_params(), sum(p.numel() for p in learner.params)
+    origin = f" from {g.parent.path}@{g.parent.step}" if g.parent is not None else ""
+    sizes = f"{n_params:,} parameters" if trained == n_params else f"{trained:,} of {n_params:,} parameters training"
+    return f"growing {g.run.name}{origin}: {sizes}, {g.cond.schedule.steps:,} steps"
 
 
 def _resume(g: Growing, learner: Learner) -> int | None:
