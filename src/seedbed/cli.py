@@ -53,7 +53,7 @@ def grow(
 
 @app.command()
 def runs(runs_dir: Path = typer.Argument(Path("runs"), help="folder of runs")) -> None:
-    """List the runs: name, soil, parameters, steps done, last losses, status."""
+    """List the runs: name, soil, parameters, steps done, last losses, status, and the parent of a child run."""
     from seedbed.run import list_runs
 
     found = list_runs(runs_dir)
@@ -63,12 +63,13 @@ def runs(runs_dir: Path = typer.Argument(Path("runs"), help="folder of runs")) -
     table = Table(box=box.SIMPLE_HEAD)
     for col in ("name", "soil", "params", "steps", "train loss", "eval loss", "status"):
         table.add_column(col, no_wrap=True, justify="left" if col in ("name", "soil", "status") else "right")
+    table.add_column("parent", overflow="fold")
     problems = []
     for path in found:
         try:
             table.add_row(_shown(path, runs_dir), *_run_row(path)[1:])
         except SeedbedError as err:
-            table.add_row(_shown(path, runs_dir), "?", "?", "?", "?", "?", "unreadable")
+            table.add_row(_shown(path, runs_dir), "?", "?", "?", "?", "?", "unreadable", "")
             problems.append(f"{_shown(path, runs_dir)}: {err}")
     console.print(table)
     for line in problems:
@@ -101,9 +102,20 @@ def _run_row(path: Path) -> list[str]:
             fmt(run.last_metric("train/loss")),
             fmt(run.last_metric("eval/loss")),
             run.status(),
+            _parent_cell(run.parent()),
         ]
     finally:
         run.close()
+
+
+def _parent_cell(parent) -> str:
+    """`from PARENT@STEP` for a child run: printable text only, no markup (the run folder is untrusted)."""
+    from rich.markup import escape
+
+    if parent is None:
+        return ""
+    text = f"from {parent}"
+    return escape(text if text.isprintable() else text.encode("unicode_escape").decode("ascii"))
 
 
 @app.command()

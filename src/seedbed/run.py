@@ -5,6 +5,7 @@ runs/<name>/
   conditions.toml     fully resolved, with seed and package versions
   checkpoints/        step-000512.safetensors (+ .state.pt for resuming)
   run.sqlite          metrics(step, name, value) · checkpoints(step, file, sha256, tokens_seen) · events(step, kind, text)
+                      · lineage(parent, step, sha256): a child run's parent checkpoint ([init] from)
   artifacts.json      what the soil says a reader needs (e.g. the tokenizer)
 ```
 Paths inside run.sqlite are relative, so the folder can be zipped and opened elsewhere.
@@ -36,12 +37,25 @@ CREATE TABLE IF NOT EXISTS metrics (step INTEGER NOT NULL, name TEXT NOT NULL, v
 CREATE INDEX IF NOT EXISTS metrics_name_step ON metrics (name, step);
 CREATE TABLE IF NOT EXISTS checkpoints (step INTEGER PRIMARY KEY, file TEXT NOT NULL, sha256 TEXT NOT NULL, tokens_seen INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS events (step INTEGER NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL, time REAL);
+CREATE TABLE IF NOT EXISTS lineage (parent TEXT NOT NULL, step INTEGER NOT NULL, sha256 TEXT NOT NULL);
 """
 NAME_OK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: `$` would let a final newline through
 # what a run folder may hold, and of which kind: anything else there is refused (a link, a FIFO, a file for a folder)
 RUN_FILES = {"run.sqlite": "file", "conditions.toml": "file", "artifacts.json": "file", "checkpoints": "dir",
              "run.sqlite-journal": "file", "run.sqlite-wal": "file", "run.sqlite-shm": "file", "run.lock": "file"}
 LIFE_EVENTS = ("start", "resume", "done", "interrupted", "diverged")  # the events of growth's own life
+
+
+@dataclass(frozen=True)
+class ParentRecord:
+    """The checkpoint a child run grew from: the parent's folder as its conditions name it, the step, the sha256."""
+
+    path: str
+    step: int
+    sha256: str
+
+    def __str__(self) -> str:
+        return f"{self.path}@{self.step}"
 
 
 @dataclass(frozen=True)
@@ -137,7 +151,10 @@ class Run:
             (tmp / "checkpoints").mkdir()
             conditions.save(tmp / "conditions.toml")
             (tmp / "artifacts.json").write_text(json.dumps(artifacts))
-            cls(tmp).close()  # the index, with its tables
+            index = cls(tmp)  # the index, with its tables
+            if conditions.init is not None and conditions.init.step is not None and conditions.init.sha256 is not None:
+                index.record_parent(ParentRecord(conditions.init.from_, conditions.init.step, conditions.init.sha256))
+            index.close()
             lock.acquire()
             _publish(tmp, path)
         except BaseException as err:
@@ -214,6 +231,12 @@ class Run:
             self.db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)", (rec.step, rec.file, rec.sha256, rec.tokens_seen))
             self.db.commit()
 
+    def record_parent(self, parent: ParentRecord) -> None:
+        with self._writing():
+            self.db.execute("DELETE FROM lineage")
+            self.db.execute("INSERT INTO lineage VALUES (?, ?, ?)", (parent.path, parent.step, parent.sha256))
+            self.db.commit()
+
     def commit(self) -> None:
         with self._writing():
             self.db.commit()
@@ -252,6 +275,14 @@ class Run:
     def steps_done(self) -> int:
         row = self.db.execute("SELECT MAX(step) FROM checkpoints").fetchone()
         return row[0] or 0
+
+    def parent(self) -> ParentRecord | None:
+        """The checkpoint this run grew from, if it is a child (runs from before lineage was recorded have no table)."""
+        try:
+            row = self.db.execute("SELECT parent, step, sha256 FROM lineage LIMIT 1").fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return None if row is None else ParentRecord(*row)
 
     def diverged_at(self) -> int | None:
         """The step at which growth found the loss or gradients non-finite, if it did."""
