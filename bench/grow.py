@@ -19,6 +19,9 @@ For each config it measures, interleaved and repeated (the machine is shared and
                  that the figure covers the same steps the bare loops time (eval untimed).
 Then bf16 vs fp32: grow() on config (b) with precision "bf16" and "fp32", same seed,
 `--bf16-steps` steps each: tokens/s, the ratio, and train/loss side by side.
+Then fine-tuning a child (`--only child`): grow() on config (a) from one parent's checkpoint,
+`[train] only = ["unembed"]` against full growth, interleaved: the per-step time ratio (with
+the body frozen, autograd never goes through it, so a step costs the forward and little more).
 
 MFU = tokens/s * FLOPs/token / matmul peak, where FLOPs/token = 6 N + 12 L d_model T
 (N = parameters without the position embeddings, as nanoGPT estimates it) and the peak is
@@ -278,7 +281,7 @@ def measure_bare(which: str, cfg: Config, batches, warmup: int, steps: int) -> d
     return r
 
 
-def measure_grow(cfg: Config, steps: int, precision: str = "fp32", seed: int = 0, warmup: int = 0) -> dict:
+def measure_grow(cfg: Config, steps: int, precision: str = "fp32", seed: int = 0, warmup: int = 0, extra: dict | None = None) -> dict:
     """The real grow() in a temp runs dir; its own train/tokens_per_s and the loss it logged.
 
     With `warmup`, grow() evaluates every `warmup` steps, so its first tokens/s window
@@ -287,9 +290,9 @@ def measure_grow(cfg: Config, steps: int, precision: str = "fp32", seed: int = 0
 
     A global optimiser-step hook (no change to grow) also stamps the end of every
     step, so the time of each whole loop iteration is known too: a figure that
-    noise bursts on this shared machine cannot move as much.
+    noise bursts on this shared machine cannot move as much. `extra`: more conditions ([init], [train]).
     """
-    cond = parse(conditions_dict(cfg, steps, precision, seed, eval_every=warmup or None))
+    cond = parse(conditions_dict(cfg, steps, precision, seed, eval_every=warmup or None) | (extra or {}))
     stamps: list[float] = []
     handle = register_optimizer_step_post_hook(lambda *_: stamps.append(time.perf_counter()))
     try:
@@ -470,6 +473,38 @@ def report_bf16(res: dict, peak32: float, peak16: float) -> dict:
             "flops_per_token": fpt}
 
 
+def measure_child(steps: int, warmup: int, repeats: int) -> dict:
+    """Fine-tuning only the unembedding against full growth: both children of one parent (config (a)), interleaved."""
+    cfg = CONFIGS["a"]
+    say(f"\n── fine-tuning a child on config (a): [train] only = [\"unembed\"] vs full growth, both from one parent's "
+        f"checkpoint; grow(), {warmup} + {steps} steps, {repeats} interleaved repeats")
+    kinds = {"full": {}, "only_unembed": {"train": {"only": ["unembed"]}}}
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
+    with tempfile.TemporaryDirectory(prefix="seedbed-bench-parent-") as parent_dir:
+        grow(parse(conditions_dict(cfg, steps=2)), runs_dir=parent_dir, name="parent", progress=False, console=_quiet_console())
+        for r in range(repeats):
+            for k, train in kinds.items():
+                gc.collect()
+                res = measure_grow(cfg, warmup + steps, warmup=warmup, extra={"init": {"from": f"{parent_dir}/parent"}, **train})
+                res["step_s"] = res["step_s"][max(0, warmup - 1):]
+                runs[k].append(res)
+                say(f"   repeat {r + 1}/{repeats}  {k:<14} {res['tokens_per_s']:>10,.0f} tok/s   "
+                    f"(fast steps {cfg.tokens_per_step / fast_step(res['step_s']):>8,.0f} tok/s; load {load()})")
+    out: dict = {}
+    for k, rs in runs.items():
+        pooled = [t for x in rs for t in x["step_s"]]
+        out[k] = {"tokens_per_s": max(x["tokens_per_s"] for x in rs), "step_s_fast": fast_step(pooled),
+                  "step_s_median": statistics.median(pooled)}
+    full, only = out["full"], out["only_unembed"]
+    out["step_time_ratio"] = full["tokens_per_s"] / only["tokens_per_s"]  # per-step time, only unembed / full
+    out["step_time_ratio_fast_steps"] = only["step_s_fast"] / full["step_s_fast"]
+    out["step_time_ratio_median"] = only["step_s_median"] / full["step_s_median"]
+    say(f"   per-step time, only unembed / full growth: {out['step_time_ratio']:.3f} (best run), "
+        f"{out['step_time_ratio_fast_steps']:.3f} (fast steps), {out['step_time_ratio_median']:.3f} (median step); "
+        f"full {full['tokens_per_s']:,.0f} tok/s, only unembed {only['tokens_per_s']:,.0f} tok/s")
+    return out
+
+
 class Peak:
     """The best matmul GFLOP/s seen so far: measured at the start and again between parts,
     because a peak taken while someone else's job runs would inflate every MFU."""
@@ -492,13 +527,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps before each bare-loop measurement")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats per measurement, the best counts (default: 5 for (a), 3 for (b))")
     ap.add_argument("--bf16-steps", type=int, default=200, help="steps of the bf16-vs-fp32 grow() comparison")
-    ap.add_argument("--only", choices=["a", "b", "bf16"], action="append", help="run only this part (repeatable)")
+    ap.add_argument("--only", choices=["a", "b", "bf16", "child"], action="append", help="run only this part (repeatable)")
     ap.add_argument("--quick", action="store_true", help="tiny step counts: a smoke test")
     ap.add_argument("--no-fused-variant", action="store_true", help="skip seedbed's model with seedbed's fused AdamW in the bare loop")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
 
-    parts = args.only or ["a", "b", "bf16"]
+    parts = args.only or ["a", "b", "bf16", "child"]
     steps = {"a": args.steps or 30, "b": args.steps or 10}
     repeats = {"a": args.repeats or 5, "b": args.repeats or 3}
     bf16_steps, warmup = args.bf16_steps, args.warmup
@@ -532,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
             peak32.measure()
             peak16.measure()
 
+    if "child" in parts:
+        report["child"] = measure_child(steps["a"], warmup, repeats["a"])
+
     say(f"\n══ results (each MFU against the best matmul peak of this run: fp32 {peak32.best:,.1f} GFLOP/s)")
     say("   best run = best of the repeats' whole-measurement tokens/s (for grow(): its train/tokens_per_s);")
     say("   fast steps = from the fastest fifth of all step times (noise bursts dropped; optimistic)")
@@ -557,6 +595,10 @@ def main(argv: list[str] | None = None) -> int:
         say(f"   (bf16) grow on (b): bf16 {b['bf16']['tokens_per_s']:,.0f} tok/s vs fp32 {b['fp32']['tokens_per_s']:,.0f} "
             f"= {b['bf16_over_fp32']:.3f}x; train/loss@{b['steps']}: bf16 {b['bf16']['train_loss']:.4f}, "
             f"fp32 {b['fp32']['train_loss']:.4f}")
+    if "child" in report:
+        c = report["child"]
+        say(f"   (child) only unembed vs full growth on (a): per-step time {c['step_time_ratio']:.3f}x "
+            f"({c['step_time_ratio_fast_steps']:.3f}x fast steps)")
     say(f"load average at end: {load()}")
     report["load_at_end"] = os.getloadavg()
     if args.json:
