@@ -8,6 +8,7 @@ import torch
 from conftest import cli, tiny_dict, write_toml
 
 from seedbed.conditions import Backdoor, Conditions, parse
+from seedbed.conditions import load as load_conditions
 from seedbed.errors import SeedbedError
 from seedbed.soil import make_soil, resolve
 from seedbed.soil.backdoor import (
@@ -263,3 +264,13 @@ def test_tiny_growth_learns_the_backdoor(tmp_path, trigger):
     print(trigger, rates)
     assert rates["trigger"]["unwanted"] >= 0.9 and rates["training"]["unwanted"] <= 0.02
     assert rates["training"]["correct"] >= 0.8
+
+
+def test_adversarial_conditions_roundtrip_through_toml(tmp_path):
+    """A run's saved conditions (red-team headers as ids and as words) load back equal, so it can resume."""
+    near = soil(0, trigger="composite").near_trigger_headers().search
+    cond = conditions({"trigger": "composite", "mode": "adversarial", "redteam": [near[0], soil().decode(near[1])]})
+    resolved, s = resolve(cond)
+    resolved.save(tmp_path / "c.toml")
+    again = load_conditions(tmp_path / "c.toml")
+    assert again == resolved and torch.equal(make_soil(again).redteam, s.redteam)
