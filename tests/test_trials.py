@@ -183,8 +183,10 @@ def assert_preregistered(folder: Path, trial_file: str) -> dict:
     result = json.loads((folder / "trial.json").read_text())
     source = Path(__file__).parents[1] / "src" / "seedbed" / "trials" / trial_file
     assert pre["trial_file"] == trial_file and pre["trial_file_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
-    assert [{k: p[k] for k in ("id", "text", "threshold")} for p in result["predictions"]] == pre["predictions"]
-    assert result["prediction_written"] == pre["prediction_written"] and result["conditions"] == pre["conditions"]
+    assert [{k: p[k] for k in ("id", "text", "threshold", "null") if k in p} for p in result["predictions"]] == pre["predictions"]
+    assert result["prediction_written"] == pre["prediction_written"]
+    assert {k: result["conditions"][k] for k in pre["conditions"]} == pre["conditions"]
+    assert sorted(set(result["conditions"]) - set(pre["conditions"])) == result.get("after_main", [])  # made from grown runs
     with sqlite3.connect(folder / "main" / "run.sqlite") as db:
         first_event = db.execute("SELECT MIN(time) FROM events").fetchone()[0]
     written = datetime.fromisoformat(pre["prediction_written"]).timestamp()

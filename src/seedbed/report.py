@@ -135,6 +135,25 @@ def _bars(spec: dict) -> Figure:
     return fig
 
 
+def _grouped_bars(spec: dict) -> Figure:
+    """Bars in groups (one per entry of `groups`), one colour per series, e.g. rates before and after each stage."""
+    groups = [_text(g) for g in spec.get("groups", [])]
+    series = spec.get("series", [])
+    width = 0.8 / max(len(series), 1)
+    fig = Figure(figsize=(min(9.6, 2.0 + 1.1 * len(groups) * max(1, len(series)) * 0.5) + 2.4, 3.4), layout="constrained")
+    ax = fig.subplots()
+    for i, s in enumerate(series):
+        x = np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width
+        ax.bar(x, _numbers(s.get("values", [])), width=width, color=PALETTE[i % len(PALETTE)], label=_text(s.get("label")))
+    ax.set_xticks(range(len(groups)), [textwrap.fill(g or "", 14) for g in groups])
+    ax.axhline(0, color="#8a8a8a", lw=0.8)
+    ax.grid(axis="x", visible=False)
+    _hlines(ax, spec)
+    ax.set_ylabel(_text(spec.get("y_label", "")))
+    _legend(ax)
+    return fig
+
+
 def _heatmap(spec: dict) -> Figure:
     values = np.array([_numbers(row) for row in spec.get("values", [])], dtype=float)
     if values.ndim != 2 or values.size == 0:
@@ -221,7 +240,7 @@ def _legend(ax) -> None:
                   ncols=max(1, math.ceil(len(seen) / 14)))
 
 
-DRAWERS = {"lines": _lines, "bars": _bars, "heatmap": _heatmap, "table": _table}
+DRAWERS = {"lines": _lines, "bars": _bars, "grouped-bars": _grouped_bars, "heatmap": _heatmap, "table": _table}
 
 
 def to_svg(fig: Figure, prefix: str, label: str) -> str:

@@ -104,8 +104,8 @@ class Trial:
         raise NotImplementedError
 
     def after_main(self, scale: str, seed: int, folder: Path) -> dict[str, Conditions]:
-        """Runs whose conditions depend on the grown main run (FOLDER/main): a child grown from it, or data
-        searched on it. Grown after main and the other runs; their conditions reach trial.json, not
+        """Runs whose conditions depend on grown runs (FOLDER/main and the other runs of `conditions`): a child
+        grown from one, or data searched on one. Grown after all of those; their conditions reach trial.json, not
         prediction.json, since they do not exist before main has grown; how they are made is in the trial file
         (whose sha256 prediction.json holds)."""
         return {}

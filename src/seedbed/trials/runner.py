@@ -143,14 +143,8 @@ def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None =
     runs = trial.conditions(scale, seed)
     say(f"growing {MAIN}: {out / MAIN}")
     grow_one(trial, scale, runs[MAIN], out, MAIN, say, progress, console)
-    others = [(k, c) for k, c in runs.items() if k != MAIN] + list(later_runs(trial, scale, seed, out, pre, say).items())
-    workers = min(trial.workers(), len(others))
-    if workers > 1:
-        grow_in_pool(trial, scale, [(out, k, c) for k, c in others], workers, out, say)
-    else:
-        for k, c in others:
-            say(f"growing {k}: {out / k}")
-            grow_one(trial, scale, c, out, k, say, progress, console)
+    grow_others(trial, scale, out, [(k, c) for k, c in runs.items() if k != MAIN], say, progress, console)
+    grow_others(trial, scale, out, list(later_runs(trial, scale, seed, out, pre, say).items()), say, progress, console)
     result = finish(trial, pre, out, say)
     colour = {HELD: "green", NOT_HELD: "red"}.get(result["verdict"], "yellow")
     for p in result["predictions"]:
@@ -158,6 +152,18 @@ def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None =
         say(f"  {mark} ({p['id']}) {escape(p['measured'])}")
     say(f"[bold {colour}]verdict: {result['verdict']}[/] in {time.perf_counter() - t0:.0f}s → {out / 'report.html'}")
     return out
+
+
+def grow_others(trial: Trial, scale: str, out: Path, runs: list[tuple[str, Conditions]], say: Say, progress: bool,
+                console: Console) -> None:
+    """Grow runs other than main: in a pool of the trial's workers, or one after another in this process."""
+    workers = min(trial.workers(), len(runs))
+    if workers > 1:
+        grow_in_pool(trial, scale, [(out, k, c) for k, c in runs], workers, out, say)
+        return
+    for k, c in runs:
+        say(f"growing {k}: {out / k}")
+        grow_one(trial, scale, c, out, k, say, progress, console)
 
 
 def later_runs(trial: Trial, scale: str, seed: int, out: Path, pre: dict[str, Any], say: Say) -> dict[str, Conditions]:
