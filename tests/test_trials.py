@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli
+from conftest import cli, tiny
 
 from seedbed.errors import SeedbedError
 from seedbed.trials import REGISTRY, Check, Evidence, get, verdict
@@ -253,3 +253,25 @@ def test_seedbed_trials_shows_the_newest_verdict_over_seeds_too(tmp_path):
     assert found["seeds"] == "seeds 0–9: held on 9 of 10" and found["path"].endswith("induction-small-seeds0-9")
     listed = cli("trials", str(runs), cwd=tmp_path)
     assert listed.returncode == 0 and "seeds 0–9:" in listed.stdout and "Traceback" not in listed.stderr, listed.stdout
+
+
+def test_a_worker_stopped_by_ctrl_c_starts_no_other_run(tmp_path: Path, monkeypatch):
+    """Ctrl-C reaches the workers before the trial's process writes .stopping: a job already queued to a worker
+    that was just interrupted must not grow (it did, once: a whole extra run after Ctrl-C)."""
+    from seedbed.grow import Interrupted
+    from seedbed.trials import runner
+
+    grown = []
+
+    def fake_grow_one(trial, scale, cond, folder, name, say, progress, console):
+        grown.append(name)
+        if name == "first":
+            raise Interrupted()
+
+    monkeypatch.setattr(runner, "grow_one", fake_grow_one)
+    monkeypatch.setattr(runner, "_stopped", False)
+    cond = tiny().model_dump(mode="json")
+    with pytest.raises(Interrupted):
+        runner._grow_in_process("induction", {}, "tiny", cond, str(tmp_path), "first", 1, str(tmp_path))
+    runner._grow_in_process("induction", {}, "tiny", cond, str(tmp_path), "second", 1, str(tmp_path))
+    assert grown == ["first"] and not (tmp_path / runner.STOPPING).exists()

@@ -326,14 +326,24 @@ def _grow_in_process(trial_name: str, options: dict, scale: str, cond: dict, fol
     import torch
 
     from seedbed.conditions import parse
+    from seedbed.grow import Interrupted
 
-    if (Path(top) / STOPPING).exists():
+    global _stopped
+    if _stopped or (Path(top) / STOPPING).exists():
         return
     torch.set_num_threads(threads)
     console = Console()
     where = str((Path(folder) / name).relative_to(top))
     say = lambda m: console.print(f"[dim]{where}:[/] {m}", soft_wrap=True, highlight=False)
-    grow_one(get(trial_name, options), scale, parse(cond), Path(folder), name, say, False, console)
+    try:
+        grow_one(get(trial_name, options), scale, parse(cond), Path(folder), name, say, False, console)
+    except (Interrupted, KeyboardInterrupt):
+        # the next job may already be queued to this worker before the trial's process writes TOP/.stopping
+        _stopped = True
+        raise
+
+
+_stopped = False  # in a worker process: Ctrl-C stopped a run here, so start no other
 
 
 # ── many seeds ──────────────────────────────────────────────────────────────
