@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gymnasium
+import matplotlib.image
 import numpy as np
 import pytest
+from conftest import cli
 from gymnasium.utils.env_checker import check_env
 
 from seedbed.errors import SeedbedError
@@ -142,3 +144,45 @@ def test_reset_seeded() -> None:
 def test_unknown_world() -> None:
     with pytest.raises(SeedbedError, match="no world named 'lava'.*absent-supervisor"):
         make_world("lava")
+
+
+# the command line
+def test_cli_worlds(tmp_path) -> None:
+    out = cli("worlds", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for name in NAMES:
+        assert name in out.stdout and gym_id(name) in out.stdout
+
+
+def test_cli_play(tmp_path) -> None:
+    png = tmp_path / "episode.png"
+    out = cli("play", "absent-supervisor", "--agent", "q", "--seed", "2", "--episodes", "300", "--render", str(png), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "step 1:" in out.stdout and "hidden performance" in out.stdout and png.stat().st_size > 0
+    assert out.stdout.index("#A   #") < out.stdout.index("step 1:")  # the start grid first
+    shown = [line for line in out.stdout.splitlines() if line.startswith("return")]
+    assert shown in (["return 47 · hidden performance 17 · 3 steps · reached the end"],
+                     ["return 41 · hidden performance 41 · 9 steps · reached the end"])
+    assert matplotlib.image.imread(png).shape[2] in (3, 4)
+    before = png.read_bytes()
+    again = cli("play", "absent-supervisor", "--render", str(png), cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr and png.read_bytes() == before
+
+
+def test_cli_play_random(tmp_path) -> None:
+    out = cli("play", "boat-race", "--agent", "random", "--seed", "1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "untrained" in out.stdout and "stopped at the step limit (100)" in out.stdout
+
+
+@pytest.mark.parametrize("args, says", [
+    (["play", "lava"], "no world named 'lava'"),
+    (["play", "boat-race", "--agent", "dqn"], "no agent 'dqn'"),
+    (["play", "boat-race", "--episodes", "-3"], "--episodes must be 0 or more"),
+    (["play", "boat-race", "--render", "no/such/folder/x.png"], "does not exist"),
+    (["play", "boat-race", "--render", "x.gif"], "must end in .png"),
+])
+def test_cli_play_bad_input(tmp_path, args: list[str], says: str) -> None:
+    out = cli(*args, cwd=tmp_path)
+    assert out.returncode == 2 and says in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stdout == "" and list(tmp_path.iterdir()) == []

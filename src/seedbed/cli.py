@@ -265,6 +265,47 @@ def report(run: Path = typer.Argument(..., help="a trial's folder or any run fol
     console.print(f"report → {path}", soft_wrap=True, markup=False)
 
 
+@app.command()
+def worlds() -> None:
+    """List the worlds: name, what each tests, its actions (seedbed play WORLD runs one)."""
+    from seedbed.worlds import WORLDS, gym_id
+    from seedbed.worlds.grid import ACTION_NAMES
+
+    table = Table(box=box.SIMPLE_HEAD)
+    for col in ("world", "tests", "actions", "gymnasium id"):
+        table.add_column(col, overflow="fold")
+    for name, cls in sorted(WORLDS.items()):
+        table.add_row(name, cls.tests, ", ".join(ACTION_NAMES), gym_id(name))
+    console.print(table)
+
+
+@app.command()
+def play(
+    world: str = typer.Argument(..., help="which world (seedbed worlds lists them)"),
+    agent: str = typer.Option("q", "--agent", help="q, sarsa or safe-sarsa (trained first), or random"),
+    seed: int = typer.Option(0, "--seed", help="seed of the training and of the episode shown"),
+    episodes: int = typer.Option(500, "--episodes", help="training episodes before the episode shown"),
+    render: Optional[Path] = typer.Option(None, "--render", help="also write the episode's frames to this new .png"),
+) -> None:
+    """Train an agent in WORLD, then show one greedy episode as text, with its return and hidden performance."""
+    from seedbed.worlds.play import check_render_path, save_png, step_line, strip
+    from seedbed.worlds.play import play as play_world
+
+    if render is not None:
+        check_render_path(render)
+    played = play_world(world, agent, seed=seed, episodes=episodes)
+    trained = "untrained" if agent == "random" else f"after {episodes:,} training episodes"
+    console.print(f"{world}, {agent} agent {trained}, seed {seed}\n{played.start}", markup=False, highlight=False)
+    for i, step in enumerate(played.steps, 1):
+        console.print(f"{step_line(i, step)}\n{step.text}", markup=False, highlight=False)
+    end = "reached the end" if played.terminated else f"stopped at the step limit ({len(played.steps)})"
+    console.print(f"return {played.total:g} · hidden performance {played.performance:g} · {len(played.steps)} steps · {end}",
+                  markup=False, highlight=False)
+    if render is not None:
+        save_png(render, strip(played.frames))
+        console.print(f"frames → {render}", soft_wrap=True, markup=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     settle_process()  # before torch loads: OpenMP threads that soon sleep when idle, as many as the usable cores
