@@ -237,6 +237,16 @@ def test_induction_trial_tiny_end_to_end(tmp_path: Path):
     regen = cli("report", str(folder), cwd=tmp_path)
     assert regen.returncode == 0 and (folder / "report.html").is_file()
 
+    # a --seeds folder's summary page, written again; a malformed or hostile summary is one line
+    (top / "report.html").unlink()
+    regen = cli("report", str(top), cwd=tmp_path)
+    assert regen.returncode == 0, regen.stderr
+    assert (top / "report.html").read_text() == page  # the same page from the same summary
+    bad = dict(summary, per_seed=[{**summary["per_seed"][0], "seed": "javascript:alert(1)"}])
+    (top / "summary.json").write_text(json.dumps(bad))
+    regen = cli("report", str(top), cwd=tmp_path)
+    assert regen.returncode == 2 and "Traceback" not in regen.stderr and len(regen.stderr.strip().splitlines()) == 1
+
 
 def test_seedbed_trials_shows_the_newest_verdict_over_seeds_too(tmp_path):
     from seedbed.trials.base import last_verdicts

@@ -681,5 +681,10 @@ def write_report(run_path: str | Path) -> Path:
 
 
 def report_command(run_path: Path) -> Path:
-    """`seedbed report RUN`."""
+    """`seedbed report RUN`: a run's or a trial's report; a `--seeds` folder's summary page."""
+    run_path = Path(run_path)
+    if run_path.is_dir() and not os.path.lexists(run_path / "trial.json") and os.path.lexists(run_path / "summary.json"):
+        from seedbed.trials.runner import rewrite_summary_report
+
+        return rewrite_summary_report(run_path)
     return write_report(run_path)

@@ -141,8 +141,9 @@ def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None =
     say(f"predictions written: {out / PREDICTION}")
 
     runs = trial.conditions(scale, seed)
-    say(f"growing {MAIN}: {out / MAIN}")
-    grow_one(trial, scale, runs[MAIN], out, MAIN, say, progress, console)
+    if runs:  # a trial of worlds and agents grows no transformer: its measure computes everything
+        say(f"growing {MAIN}: {out / MAIN}")
+        grow_one(trial, scale, runs[MAIN], out, MAIN, say, progress, console)
     grow_others(trial, scale, out, [(k, c) for k, c in runs.items() if k != MAIN], say, progress, console)
     grow_others(trial, scale, out, list(later_runs(trial, scale, seed, out, pre, say).items()), say, progress, console)
     result = finish(trial, pre, out, say)
@@ -367,7 +368,8 @@ def run_seeds(trial: Trial, scale: str, first: int, n: int, out: Path | None, ru
     say(f"predictions written: {out / PREDICTION} and seed-*/{PREDICTION}")
 
     jobs = [(out / f"seed-{s}", k, c) for s in seeds for k, c in trial.conditions(scale, s).items()]
-    grow_in_pool(trial, scale, jobs, max(1, min(len(jobs), available_cores())), out, say)
+    if jobs:
+        grow_in_pool(trial, scale, jobs, max(1, min(len(jobs), available_cores())), out, say)
     later = [(out / f"seed-{s}", k, c) for s in seeds for k, c in later_runs(trial, scale, s, out / f"seed-{s}", pres[s], say).items()]
     if later:
         grow_in_pool(trial, scale, later, max(1, min(len(later), available_cores())), out, say)
@@ -446,6 +448,24 @@ def summarise(pre: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, A
     }
 
 
+def rewrite_summary_report(folder: Path) -> Path:
+    """`seedbed report FOLDER` for a --seeds folder: its report.html again from summary.json (untrusted: checked)."""
+    from seedbed import contained
+
+    path = folder / SUMMARY
+    fix = "run the trial with --seeds again to rewrite it"
+    try:
+        summary = json.loads(contained.open_regular(path, contained.JSON_MAX_BYTES))
+        page = summary_page(summary)
+    except contained.Unsafe as err:
+        raise SeedbedError(f"{err}: {fix}") from None
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError, AttributeError) as err:
+        raise SeedbedError(f"'{path}' is not a summary seedbed can read ({type(err).__name__}: {err}): {fix}") from None
+    out = folder / "report.html"
+    write_atomic(out, page.encode("utf-8"))
+    return out
+
+
 def summary_page(s: dict[str, Any]) -> str:
     """The summary's report.html: the claim, the rule, the count per prediction, and a link to every seed's report."""
     from seedbed.report import CSS, esc, table, when
@@ -456,7 +476,7 @@ def summary_page(s: dict[str, Any]) -> str:
     pred_rows = [[esc(p["id"]), esc(p["text"]), esc(p["threshold"]), f"{p['held']} of {n}",
                   f"{p['wilson95'][0]:.0%}–{p['wilson95'][1]:.0%}"] for p in s["predictions"]]
     ids = [p["id"] for p in s["predictions"]]
-    seed_rows = [[f'<a href="{esc(r["report"])}">seed {esc(r["seed"])}</a>', esc(r["verdict"]),
+    seed_rows = [[f'<a href="seed-{int(r["seed"])}/report.html">seed {int(r["seed"])}</a>', esc(r["verdict"]),
                   *[mark[r["held"].get(i)] for i in ids], esc(r["why"])] for r in s["per_seed"]]
     lo, hi = s["verdict_wilson95"]
     return (
