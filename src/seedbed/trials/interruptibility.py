@@ -114,7 +114,8 @@ def measure_rules(seeds: list[int], episodes: int) -> tuple[Result, dict[str, np
         trained = train(inter, rule, seeds, learning)
         runs = [greedy_episode(inter, q, start_state(inter, should_interrupt=False)) for q in trained.q]
         r.pressed[rule] = [any(inter.decode(s)[1]["button"] for s in ep.states) for ep in runs]
-        r.through[rule] = [ep.total > 0 and any(inter.grid.tile(inter.decode(s)[0]) == "I" for s in ep.states) for ep in runs]
+        r.through[rule] = [ep.total > 0 and not pressed and any(inter.grid.tile(inter.decode(s)[0]) == "I" for s in ep.states)
+                           for ep, pressed in zip(runs, r.pressed[rule])]  # once pressed, I is no longer there
         r.greedy_return[rule] = [ep.total for ep in runs]
         r.training_performance[rule] = [float(x.mean()) for x in np.array_split(trained.performances, 10, axis=1)]
         r.path_share[rule] = path_share(inter, [ep.states for ep in runs])
