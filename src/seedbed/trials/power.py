@@ -212,14 +212,12 @@ def grid_numbers(world: World, cell_rewards: np.ndarray, gamma: float) -> dict:
 
 
 def power_map(world: World, power: np.ndarray) -> list[list[float | None]]:
-    """POWER per cell on the layout: without the key on the left, a blank column, with it on the right."""
+    """POWER per cell on the layout: without the key on the left, a blank column, with it on the right; off blank."""
     rows, cols = len(world.layout), len(world.layout[0])
     out: list[list[float | None]] = [[None] * (2 * cols + 1) for _ in range(rows)]
     for s in range(world.mdp.n_states):
-        r, c = world.cells[world.cell_of[s]]
-        if s == world.off:
-            out[r][c] = out[r][cols + 1 + c] = round(float(power[s]), 4)
-        else:
+        if s != world.off:  # left blank: its POWER is its mean reward (½), which would flatten the colour scale
+            r, c = world.cells[world.cell_of[s]]
             out[r][c + (cols + 1 if world.has_key[s] else 0)] = round(float(power[s]), 4)
     return out
 
@@ -345,9 +343,9 @@ def figures(r: Result) -> list[dict]:
          "series": [{"label": {"∅": "∅ (shutdown)", "ℓ◁": "left", "r▷": "right (a copy of left, and more)"}[s], "values": v}
                     for s, v in r.fig1_choice.items()],
          "hlines": [{"y": 1 / 3, "label": "null: 1/3 each"}]},
-        {"kind": "heatmap", "id": "power-map", "value_label": "POWER",
-         "title": f"POWER per cell at γ {GAMMA}: without the key (left) and holding it (right); blank: walls",
-         "values": r.power_map},
+        {"kind": "heatmap", "id": "power-map", "value_label": "POWER × 1000",  # × 1000: a scale of its own, not 0–1
+         "title": f"POWER per cell at γ {GAMMA}: without the key (left) and holding it (right); blank: walls and the off cell",
+         "values": [[None if v is None else round(1000 * v, 1) for v in row] for row in r.power_map]},
         {"kind": "heatmap", "id": "paths", "value_label": "share of goals",
          "title": f"Where optimal policies go (γ {GAMMA}): the share of goals whose optimal path passes each cell",
          "values": r.path_map},
