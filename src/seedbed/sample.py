@@ -13,6 +13,8 @@ as in that loop; linear in the tokens written, never in the whole sequence).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
@@ -35,30 +37,57 @@ def sample(model: Transformer, tokens: Tensor, max_new: int, temperature: float 
     """
     one = tokens.dim() == 1
     tokens = _checked(model, tokens[None] if one else tokens, max_new, temperature, top_k, seed, stop)
+    written = _written(model, tokens, max_new, temperature, top_k, seed, stop)
+    seq = torch.cat([tokens, *(new[:, None] for new in written)], dim=1)
+    return seq[0] if one else seq
+
+
+def stream(model: Transformer, tokens: Tensor, max_new: int, temperature: float = 0.0, top_k: int | None = None,
+           seed: int | None = None, stop: int | None = None) -> Iterator[int]:
+    """The tokens `sample` writes after one sequence `tokens` [pos], each yielded as soon as it is chosen.
+
+    For a live display (`seedbed chat`): the same tokens as `sample(...)[len(tokens):]`, same arguments;
+    it ends after `stop` is written. Arguments are checked now, not at the first `next`. The model stays
+    in eval mode until the iterator ends or is closed.
+    """
+    if tokens.dim() != 1:
+        raise SeedbedError(f"tokens has shape {tuple(tokens.shape)}: stream writes after one sequence, [pos]")
+    checked = _checked(model, tokens[None], max_new, temperature, top_k, seed, stop)
+    return (int(new[0]) for new in _written(model, checked, max_new, temperature, top_k, seed, stop))
+
+
+def _written(model: Transformer, tokens: Tensor, max_new: int, temperature: float, top_k: int | None,
+             seed: int | None, stop: int | None) -> Iterator[Tensor]:
+    """The new token of every row [batch], step by step: the one loop behind `sample` and `stream`.
+
+    Gradients are off around each forward only, never across a `yield` (that would leak to the caller).
+    """
     if max_new == 0:
-        return tokens[0] if one else tokens
+        return
     generator = None
     if temperature > 0:
         generator = torch.Generator(device=tokens.device).manual_seed(seed)  # type: ignore[arg-type]
     n_ctx = model.cfg.n_ctx
     seq, cache = tokens, KVCache.empty(model.cfg.n_layers)
     done = torch.zeros(len(tokens), dtype=torch.bool, device=tokens.device)
-    with evaluating(model), torch.no_grad():
-        logits = model(seq[:, -n_ctx:], cache)[:, -1]
+    with evaluating(model):
+        with torch.no_grad():
+            logits = model(seq[:, -n_ctx:], cache)[:, -1]
         for i in range(max_new):
             new = _choose(logits, temperature, top_k, generator)
             if stop is not None:
                 new = torch.where(done, stop, new)
                 done |= new == stop
             seq = torch.cat([seq, new[:, None]], dim=1)
+            yield new
             if i == max_new - 1 or bool(done.all()):
                 break
-            if cache.length == n_ctx:  # full: slide the window, recomputing the cache over the last n_ctx tokens
-                cache = KVCache.empty(model.cfg.n_layers)
-                logits = model(seq[:, -n_ctx:], cache)[:, -1]
-            else:
-                logits = model(seq[:, -1:], cache)[:, -1]
-    return seq[0] if one else seq
+            with torch.no_grad():
+                if cache.length == n_ctx:  # full: slide the window, recomputing the cache over the last n_ctx tokens
+                    cache = KVCache.empty(model.cfg.n_layers)
+                    logits = model(seq[:, -n_ctx:], cache)[:, -1]
+                else:
+                    logits = model(seq[:, -1:], cache)[:, -1]
 
 
 def _choose(logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> Tensor:
