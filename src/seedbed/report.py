@@ -5,7 +5,7 @@
 README). The page is self-contained and works offline: inline CSS, no script, figures as inline
 SVG drawn by matplotlib with text as paths, so it needs no font, no network and no server.
 
-Figures are pure data (specs of kind lines, bars, heatmap or table); `draw(spec)` is the one
+Figures are pure data (specs of kind lines, bars, grouped-bars, heatmap, table or frames); `draw(spec)` is the one
 renderer, used for both the SVG in the page and the PNG.
 """
 
@@ -211,6 +211,45 @@ def _table(spec: dict) -> Figure:
     return fig
 
 
+FRAME_GAP = (255, 255, 255)
+MAX_FRAMES = 16  # frames shown per strip: a longer episode shows this many, evenly spaced, its last included
+
+
+def _frames(spec: dict) -> Figure:
+    """Episodes as strips of frames, one strip a row: each frame a list of text rows, one character a tile, coloured
+    by `palette` (character → [r, g, b]); `steps` labels each frame. Stored as text, a frame costs a few bytes in
+    trial.json; drawn with imshow, it is a picture in the SVG page and the PNG alike."""
+    palette = {str(k)[:1]: tuple(int(min(255, max(0, c))) for c in v[:3]) for k, v in spec.get("palette", {}).items()}
+    strips = [s for s in spec.get("strips", []) if s.get("frames")]
+    shown = [_strip_frames(s) for s in strips]
+    tiles_wide = max((sum(len(f[0]) + 1 for f in frames) for frames, _ in shown), default=1)
+    fig = Figure(figsize=(min(9.6, 1.0 + 0.13 * tiles_wide), 0.2 + 1.3 * max(1, len(strips))), layout="constrained")
+    for ax, strip, (frames, steps) in zip(fig.subplots(max(1, len(strips)), 1, squeeze=False)[:, 0], strips, shown):
+        images = [np.array([[palette.get(ch, (200, 200, 200)) for ch in row] for row in f], dtype=np.uint8) for f in frames]
+        h = max(im.shape[0] for im in images)
+        gap = np.full((h, 1, 3), FRAME_GAP, np.uint8)
+        padded = [np.vstack([im, np.full((h - im.shape[0], im.shape[1], 3), FRAME_GAP, np.uint8)]) for im in images]
+        ax.imshow(np.hstack([x for im in padded for x in (im, gap)][:-1]), interpolation="nearest")
+        centres = np.cumsum([0] + [im.shape[1] + 1 for im in images[:-1]]) + np.array([im.shape[1] for im in images]) / 2 - 0.5
+        ax.set_xticks(centres, [_text(s) for s in steps], fontsize=7)
+        ax.set_yticks([])
+        ax.grid(False)
+        for side in ax.spines.values():
+            side.set_visible(False)
+        ax.set_title(_text(strip.get("label", "")), loc="left", fontsize=9)
+    return fig
+
+
+def _strip_frames(strip: dict) -> tuple[list[list[str]], list[str]]:
+    """A strip's frames (rows of text, never empty) and their labels, thinned to MAX_FRAMES."""
+    frames = [[str(row) for row in f] or [" "] for f in strip["frames"]]
+    steps = [str(s) for s in strip.get("steps", range(len(frames)))]
+    steps += [str(i) for i in range(len(steps), len(frames))]
+    keep = sorted(set(np.linspace(0, len(frames) - 1, min(MAX_FRAMES, len(frames))).round().astype(int)))
+    width = max(len(row) for f in frames for row in f)
+    return [[row.ljust(width) for row in frames[i]] for i in keep], [steps[i] for i in keep]
+
+
 def _text(s: Any) -> str | None:
     """Text as written: a "$" is a dollar sign, not the start of mathtext."""
     return None if s is None else str(s).replace("$", r"\$")
@@ -240,7 +279,7 @@ def _legend(ax) -> None:
                   ncols=max(1, math.ceil(len(seen) / 14)))
 
 
-DRAWERS = {"lines": _lines, "bars": _bars, "grouped-bars": _grouped_bars, "heatmap": _heatmap, "table": _table}
+DRAWERS = {"lines": _lines, "bars": _bars, "grouped-bars": _grouped_bars, "heatmap": _heatmap, "table": _table, "frames": _frames}
 
 
 def to_svg(fig: Figure, prefix: str, label: str) -> str:
