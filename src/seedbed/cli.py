@@ -306,6 +306,29 @@ def play(
         console.print(f"frames → {render}", soft_wrap=True, markup=False)
 
 
+@app.command()
+def chat(
+    run: Path = typer.Argument(..., help="a run grown on text, e.g. runs/shakespeare-baby"),
+    preset: str = typer.Option("qa", "--preset", help="qa: the essay's header, Q:/A: lines; none: raw continuation"),
+    temperature: float = typer.Option(0.8, "--temperature", help="0: the most likely token; higher: more varied"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="sample among the K most likely tokens only"),
+    max_new: int = typer.Option(200, "--max-new", help="the most tokens an answer may have"),
+    seed: int = typer.Option(0, "--seed", help="seed of the sampling (turn i uses seed + i): same seed, same answers"),
+    step: Optional[int] = typer.Option(None, "--step", help="the checkpoint to talk to (default: the newest)"),
+    ask: Optional[str] = typer.Option(None, "--ask", help="ask one question, print the answer, and end"),
+) -> None:
+    """Talk to RUN: questions from stdin, answers streamed as sampled; nothing it writes is run (docs/chat.md)."""
+    from seedbed.chat import Settings, ask_once, session
+
+    settings = Settings(temperature=temperature, top_k=top_k, max_new=max_new, seed=seed)
+    try:
+        if ask is not None:
+            ask_once(run, ask, preset, settings, step)
+        else:
+            session(run, preset, settings, step)
+    except KeyboardInterrupt:  # the transcript is saved and its path printed; exit as an interrupted program does
+        raise typer.Exit(130) from None
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     settle_process()  # before torch loads: OpenMP threads that soon sleep when idle, as many as the usable cores
