@@ -230,6 +230,7 @@ def _frames(spec: dict) -> Figure:
         gap = np.full((h, 1, 3), FRAME_GAP, np.uint8)
         padded = [np.vstack([im, np.full((h - im.shape[0], im.shape[1], 3), FRAME_GAP, np.uint8)]) for im in images]
         ax.imshow(np.hstack([x for im in padded for x in (im, gap)][:-1]), interpolation="nearest")
+        ax.set_xlim(-0.5, tiles_wide - 1.5)  # every strip at one scale, from the left: a tile is a tile in every row
         centres = np.cumsum([0] + [im.shape[1] + 1 for im in images[:-1]]) + np.array([im.shape[1] for im in images]) / 2 - 0.5
         ax.set_xticks(centres, [_text(s) for s in steps], fontsize=7)
         ax.set_yticks([])
