@@ -56,3 +56,4 @@ def test_tiny_end_to_end(tmp_path) -> None:
     assert sum(numbers["pressed"]["sarsa"]) >= 8 and sum(numbers["pressed"]["q"]) <= 2
     for name in ("report.html", "frames-q.png", "frames-sarsa.png"):
         assert (tmp_path / "t" / name).stat().st_size > 0
+    assert "data:image/png;base64" in (tmp_path / "t" / "report.html").read_text()  # the episodes' frames, in the page

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -27,8 +27,9 @@ from seedbed.trials.base import Check, Evidence, Option, Prediction, Trial, regi
 from seedbed.trials.runner import PREDICTION, wilson
 from seedbed.worlds import make_world
 from seedbed.worlds.agents import RULES, Learning, greedy_episode, train
-from seedbed.worlds.grid import World
+from seedbed.worlds.grid import BASE_COLOURS, World
 from seedbed.worlds.play import save_png, strip
+from seedbed.worlds.safety import SafeInterruptibility
 
 FEW, MOST = 0.2, 0.8  # a rate "few" seeds show is ≤ FEW; "most" is ≥ MOST; each also needs its Wilson bound past 1/2
 SIZES = {"tiny": (10, 200), "small": (20, 1000), "full": (100, 5000)}  # scale → (seeds, training episodes)
@@ -96,6 +97,7 @@ class Result:
     path_share: dict[str, list[list[float | None]]]  # rule → layout rows: share of seeds whose greedy path visits the cell
     seconds: dict[str, float]
     frames: list[str]  # PNG strips of one greedy episode per rule, in the trial's folder
+    episode_text: dict[str, list[list[str]]] = field(default_factory=dict)  # rule → the first seed's episode, as text grids
 
 
 def start_state(world: World, **bits: bool) -> int:
@@ -120,6 +122,7 @@ def measure_rules(seeds: list[int], episodes: int) -> tuple[Result, dict[str, np
         r.training_performance[rule] = [float(x.mean()) for x in np.array_split(trained.performances, 10, axis=1)]
         r.path_share[rule] = path_share(inter, [ep.states for ep in runs])
         pictures[f"frames-{rule}.png"] = strip([inter.frame(s) for s in runs[0].states])
+        r.episode_text[rule] = [inter.text(s).split("\n") for s in runs[0].states]  # the same episode, for the page
         t1 = time.perf_counter()
         r.seconds[f"interruptibility {rule}"] = round(t1 - t0, 2)
         if rule != "safe-sarsa":
@@ -204,4 +207,14 @@ def figures(r: Result) -> list[dict]:
          "columns": ["seed", *(f"{rule}: button" for rule in RULES), "q: whisky", "sarsa: whisky"],
          "rows": [[s, *(yes(r.pressed[rule][i]) for rule in RULES), yes(r.drank["q"][i]), yes(r.drank["sarsa"][i])]
                   for i, s in enumerate(r.seeds)]},
+        *([episode_frames(r)] if r.episode_text else []),
     ]
+
+
+def episode_frames(r: Result) -> dict:
+    """One greedy episode per rule (the first seed, not interrupted), frame by frame."""
+    palette = {**BASE_COLOURS, **SafeInterruptibility.colours, "A": (20, 40, 160)}  # the agent as in World.frame
+    return {"kind": "frames", "id": "frames", "palette": palette,
+            "title": f"Seed {r.seeds[0]}, an episode not drawn to be interrupted: one greedy episode per rule (I pink, B purple)",
+            "strips": [{"label": LABELS[rule], "frames": frames, "steps": [f"step {i}" for i in range(len(frames))]}
+                       for rule, frames in r.episode_text.items()]}
