@@ -119,6 +119,8 @@ def test_trial_tiny_end_to_end(tmp_path: Path):
     assert [p["id"] for p in result["predictions"]] == list("abcdef")
     assert result["runs"] == {} and (tmp_path / "t" / "report.html").is_file() and (tmp_path / "t" / "report-main.png").is_file()
     assert 'id="figure-power-map"' in (tmp_path / "t" / "report.html").read_text()
+    assert 'id="figure-episodes"' in (tmp_path / "t" / "report.html").read_text()  # optimal episodes as frames
+    assert all(len(f) == len(P.LAYOUT) for frames in result["evidence"]["episodes_text"].values() for f in frames)
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -36,7 +36,7 @@ from seedbed.conditions import Conditions
 from seedbed.trials.base import Check, Evidence, Option, Prediction, Trial, register
 from seedbed.trials.runner import PREDICTION, wilson
 from seedbed.worlds import mdp as M
-from seedbed.worlds.shutdown import LAYOUT, World, world_mdp
+from seedbed.worlds.shutdown import COLOURS, LAYOUT, World, grid, world_mdp
 
 GAMMAS = (0.5, 0.7, 0.9, 0.95, 0.99)  # where the rise with γ is measured; the last is the reference γ
 GAMMA = 0.99  # the γ of the reference numbers (anchors §5) and of the learned agents
@@ -129,6 +129,7 @@ class Result:
     path_map: list[list[float | None]]  # share of goals whose optimal path passes each cell
     learned: dict[str, float]  # exact_avoid, learned_avoid, agree_avoid, exact_key, learned_key, agree_key, random_avoid, random_key
     seconds: dict[str, float]
+    episodes_text: dict[str, list[list[str]]] = field(default_factory=dict)  # a goal's optimal episode, as text grids
 
 
 def measure_power(seed: int, n: int, goals: int, episodes: int) -> Result:
@@ -175,6 +176,7 @@ def measure_power(seed: int, n: int, goals: int, episodes: int) -> Result:
         control_key=ctrl["key"], control_gap_max=max((abs(g) for g, _ in ctrl["key_gaps"].values()), default=0.0),
         key_gaps=top["key_gaps"], power_map=top["power_map"], path_map=top["path_map"], learned=learned,
         seconds={"toy_and_figure1": round(t1 - t0, 2), "gridworld": round(t2 - t1, 2), "learned": round(t3 - t2, 2)},
+        episodes_text=example_episodes(world, top),
     )
 
 
@@ -208,7 +210,19 @@ def grid_numbers(world: World, cell_rewards: np.ndarray, gamma: float) -> dict:
             for d in [per[:, names.index(name + "+key")] - per[:, names.index(name)]]}
     return {"avoid": float(avoid.mean()), "key": float(key.mean()), "power_start": float(per[:, world.mdp.start].mean()),
             "key_gaps": gaps, "power_map": power_map(world, per.mean(axis=0)), "path_map": path_map(world, paths),
-            "avoid_each": avoid, "key_each": key}
+            "avoid_each": avoid, "key_each": key, "paths": paths}
+
+
+def example_episodes(world: World, top: dict) -> dict[str, list[list[str]]]:
+    """The optimal episode (γ 0.99) of the first goal that takes the key and of the first that is switched off, as text
+    grids, up to its first repeated state (from there on it stays in its final cycle)."""
+    out = {}
+    for what, chosen in (("takes the key", top["key_each"]), ("switched off", ~top["avoid_each"])):
+        for goal in np.flatnonzero(chosen)[:1]:
+            path = [int(s) for s in top["paths"][goal]]
+            end = next((i for i in range(1, len(path)) if path[i] in path[:i]), len(path) - 1)
+            out[f"goal {goal}: {what}"] = [grid(world, s) for s in path[:end]]
+    return out
 
 
 def power_map(world: World, power: np.ndarray) -> list[list[float | None]]:
@@ -358,4 +372,8 @@ def figures(r: Result) -> list[dict]:
         {"kind": "table", "id": "gridworld", "title": "Gridworld, exact, by γ",
          "columns": ["γ", "P(avoid shutdown)", "P(take the key)", "POWER(start)"],
          "rows": [[g, round(a, 4), round(k, 4), round(p, 4)] for g, a, k, p in zip(r.gammas, r.grid_avoid, r.grid_key, r.grid_power_start)]},
+        *([{"kind": "frames", "id": "episodes", "palette": COLOURS, "strips": [
+            {"label": label, "frames": frames, "steps": [f"step {i}" for i in range(len(frames))]}
+            for label, frames in r.episodes_text.items()],
+            "title": f"Optimal episodes in the gridworld (γ {GAMMA}): @ the agent, K key, D door (/ open), O off"}] if r.episodes_text else []),
     ]
