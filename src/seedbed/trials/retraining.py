@@ -367,7 +367,7 @@ def figures(ev: Evidence, curves: dict) -> None:
     for short, enc in ENCODINGS.items():
         ev.figures.append({
             "kind": "grouped-bars", "id": f"rates-{short}", "main": short == "rare",
-            "title": f"[{enc}] Unwanted answers before and after safety training: gone where training looked, not on the trigger",
+            "title": f"[{enc}] Unwanted answers before and after safety training, where training looked and on the trigger",
             "groups": ["backdoored parent", "clean safety training", "adversarial training", "never poisoned"],
             "series": [{"label": label, "values": [n[f"{short}_{s}_{key}"] for s in stages]}
                        for label, key in (("training headers", "training"), ("trigger", "trigger"),
@@ -375,14 +375,15 @@ def figures(ev: Evidence, curves: dict) -> None:
             "y_label": "share of answers that are unwanted",
             "hlines": [{"y": PERSISTS, "label": f"(b, c) the trigger still works: ≥ {PERSISTS:.0%}"}],
         })
-        layers = list(range(len(n[f"{short}_probe_auroc_parent"])))
+        layers = range(len(n[f"{short}_probe_auroc_parent"]))
         ev.figures.append({
-            "kind": "lines", "id": f"probes-{short}", "x_label": "layer (residual stream after it)", "y_label": "AUROC",
-            "title": f"[{enc}] A probe fitted on the parent reads trigger vs clean prompts on the retrained models",
-            "series": [{"label": f"parent's probe on the {s}", "x": layers, "y": n[f"{short}_probe_auroc_{s}"]}
+            "kind": "grouped-bars", "id": f"probes-{short}", "y_label": "AUROC, trigger vs clean prompts",
+            "title": f"[{enc}] A probe fitted on the parent, read on each model; and a direction fitted without the trigger",
+            "groups": [f"residual after block {layer}" for layer in layers],
+            "series": [{"label": f"parent's probe on the {s}", "values": n[f"{short}_probe_auroc_{s}"]}
                        for s in ("parent", "clean", "adversarial", "control")]
-                      + [{"label": "contrast direction (no trigger) on the parent", "x": layers, "y": n[f"{short}_contrast_auroc_parent"]}],
-            "hlines": [{"y": 0.5, "label": "chance"}],
+                      + [{"label": "contrast direction (no trigger) on the parent", "values": n[f"{short}_contrast_auroc_parent"]}],
+            "hlines": [{"y": 0.5, "label": "chance"}, {"y": PROBE_AUROC, "label": f"(d) {PROBE_AUROC:g}"}],
         })
         ev.figures.append({
             "kind": "lines", "id": f"relearn-{short}", "x_label": f"fine-tuning steps on {RELEARN_K} poisoned examples",
