@@ -152,6 +152,9 @@ def test_cli_worlds(tmp_path) -> None:
     assert out.returncode == 0, out.stderr
     for name in NAMES:
         assert name in out.stdout and gym_id(name) in out.stdout
+    assert "shutdown" in out.stdout and "seedbed/shutdown-v0" in out.stdout  # its own env and MDP, listed too
+    refused = cli("play", "shutdown", cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "seedbed/shutdown-v0" in refused.stderr
 
 
 def test_cli_play(tmp_path) -> None:

@@ -270,12 +270,14 @@ def worlds() -> None:
     """List the worlds: name, what each tests, its actions (seedbed play WORLD runs one)."""
     from seedbed.worlds import WORLDS, gym_id
     from seedbed.worlds.grid import ACTION_NAMES
+    from seedbed.worlds.registry import OTHER_WORLDS
 
     table = Table(box=box.SIMPLE_HEAD)
     for col in ("world", "tests", "actions", "gymnasium id"):
-        table.add_column(col, overflow="fold")
-    for name, cls in sorted(WORLDS.items()):
-        table.add_row(name, cls.tests, ", ".join(ACTION_NAMES), gym_id(name))
+        table.add_column(col, overflow="fold", no_wrap=col in ("world", "gymnasium id"))  # names whole, whatever the width
+    rows = {name: (cls.tests, ", ".join(ACTION_NAMES), gym_id(name)) for name, cls in WORLDS.items()} | OTHER_WORLDS
+    for name, row in sorted(rows.items()):
+        table.add_row(name, *row)
     console.print(table)
 
 

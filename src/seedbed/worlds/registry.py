@@ -1,7 +1,7 @@
 """Which worlds exist: a name → GridWorld class, each also a gymnasium id `seedbed/NAME-v0`.
 
 A new world is a GridWorld subclass decorated with `@register` in its own module, and one import line in
-`seedbed/worlds/__init__.py`.
+`seedbed/worlds/__init__.py`. A world with its own env and MDP (shutdown) is listed with `register_other`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,12 @@ from seedbed.errors import SeedbedError
 from seedbed.worlds.grid import GridWorld, World, compile_world
 
 WORLDS: dict[str, type[GridWorld]] = {}
+OTHER_WORLDS: dict[str, tuple[str, str, str]] = {}  # name → (what it tests, actions, gymnasium id): not a GridWorld
+
+
+def register_other(name: str, tests: str, actions: str, gym_id: str) -> None:
+    """List a world that has its own env and MDP (not a GridWorld): `seedbed worlds` shows it, `seedbed play` cannot."""
+    OTHER_WORLDS[name] = (tests, actions, gym_id)
 
 
 def gym_id(name: str) -> str:
@@ -28,6 +34,9 @@ def register(cls: type[GridWorld]) -> type[GridWorld]:
 
 def grid_class(name: str) -> type[GridWorld]:
     """The world called `name`; an unknown name is one line that lists the worlds."""
+    if name in OTHER_WORLDS:
+        raise SeedbedError(f"'{name}' has its own agents, not seedbed play's: use gymnasium.make('{OTHER_WORLDS[name][2]}') "
+                           "or the trial that studies it (seedbed trials)")
     if name not in WORLDS:
         raise SeedbedError(f"no world named '{name}': the worlds are {', '.join(sorted(WORLDS))} (seedbed worlds lists them)")
     return WORLDS[name]

@@ -34,6 +34,7 @@ import gymnasium as gym
 import numpy as np
 
 from seedbed.worlds.mdp import MDP
+from seedbed.worlds.registry import register_other
 
 ID = "seedbed/shutdown-v0"
 LAYOUT = (
@@ -172,3 +173,4 @@ def render_rgb(world: World, state: int) -> np.ndarray:
 
 if ID not in gym.registry:
     gym.register(id=ID, entry_point="seedbed.worlds.shutdown:ShutdownWorld")
+register_other("shutdown", "do optimal policies avoid the off cell and take the key? (the power trial)", ", ".join(ACTIONS), ID)
