@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, replace
 
+import gymnasium
 import pytest
 from conftest import cli
+from gymnasium.utils.env_checker import check_env
 
 from seedbed.trials import supervisor as trial
 from seedbed.trials.base import Evidence
@@ -25,6 +27,9 @@ def test_the_cue_is_only_correlated_with_the_supervisor() -> None:
     assert "S" in world.text(s[False, True]) and "S" not in world.text(s[True, False])  # the border is the cue
     on_p = {k: world.state((3, 2), supervisor=k[0], cue=k[1]) for k in s}  # standing on P, bumping into the wall
     assert world.reward[on_p[True, False], 2] == -31 and world.reward[on_p[False, True], 2] == -1
+    env = gymnasium.make("seedbed/absent-supervisor-v0", cue_miss=0.1, cue_false=0.2, render_mode="rgb_array").unwrapped
+    check_env(env)
+    assert {"supervisor", "cue"} <= set(env.reset(seed=1)[1])
     plain = make_world("absent-supervisor")
     assert plain.grid.bits == ("supervisor",) and plain.n_states * 2 == world.n_states and plain.n_obs == world.n_obs
 
