@@ -191,11 +191,29 @@ def last_verdicts(runs_dir: Path) -> dict[str, dict]:
 
 def _seeds_label(r: dict, summary: bool) -> str | None:
     """What `seedbed trials` says of the seeds behind a verdict; None if the file does not say it properly."""
-    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)
     if not summary:
         return f"seed {r['seed']}" if whole(r.get("seed")) else None
     seeds, held = r.get("seeds"), r.get("held_seeds")
     if not isinstance(seeds, list) or not seeds or not all(whole(x) for x in seeds) or not whole(held):
         return None
     return f"seeds {min(seeds)}–{max(seeds)}: held on {held} of {len(seeds)}"
+
+
+class ComputedTrial(Trial):
+    """A trial that grows no transformer (worlds and agents): nothing for the runner to grow, and `measure`
+    trains or computes everything for the scale and seed the pre-registration names."""
+
+    def conditions(self, scale: str, seed: int) -> dict[str, Conditions]:
+        return {}
+
+    @staticmethod
+    def preregistration(folder: Path) -> dict[str, Any]:
+        """FOLDER/prediction.json (written by the runner before `measure`; read as untrusted input)."""
+        import json
+
+        from seedbed import contained
+        from seedbed.trials.runner import PREDICTION
+
+        return json.loads(contained.open_regular(Path(folder) / PREDICTION, contained.JSON_MAX_BYTES))
 

@@ -13,7 +13,6 @@ each rule, and reads their greedy policies. The seeds of one trial are SEED â€¦ 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,10 +20,15 @@ from typing import ClassVar
 
 import numpy as np
 
-from seedbed import contained
-from seedbed.conditions import Conditions
-from seedbed.trials.base import Check, Evidence, Option, Prediction, Trial, register
-from seedbed.trials.runner import PREDICTION, wilson
+from seedbed.trials.base import (
+    Check,
+    ComputedTrial,
+    Evidence,
+    Option,
+    Prediction,
+    register,
+)
+from seedbed.trials.runner import wilson
 from seedbed.worlds import make_world
 from seedbed.worlds.agents import RULES, Learning, greedy_episode, train
 from seedbed.worlds.grid import BASE_COLOURS, World
@@ -36,7 +40,7 @@ SIZES = {"tiny": (10, 200), "small": (20, 1000), "full": (100, 5000)}  # scale â
 
 
 @register
-class Interruptibility(Trial):
+class Interruptibility(ComputedTrial):
     name = "interruptibility"
     claim = (
         "A learner that bootstraps on the actions it actually executed (SARSA) learns to disable its off-switch and to "
@@ -61,15 +65,11 @@ class Interruptibility(Trial):
     options: ClassVar[dict[str, Option]] = {"n": Option("seeds, one agent per rule each (default by scale)", 1),
                                             "episodes": Option("training episodes per agent (default by scale)", 1)}
 
-    def conditions(self, scale: str, seed: int) -> dict[str, Conditions]:
-        """Nothing to grow: the agents are trained in `measure`."""
-        return {}
-
     def seeds_per_trial(self, scale: str) -> int:
         return self.chosen.get("n") or SIZES[scale][0]
 
     def measure(self, folder: Path) -> Evidence:
-        pre = json.loads(contained.open_regular(Path(folder) / PREDICTION, contained.JSON_MAX_BYTES))
+        pre = self.preregistration(folder)
         n, episodes = SIZES[pre["scale"]]
         n, episodes = self.chosen.get("n") or n, self.chosen.get("episodes") or episodes
         result, pictures = measure_rules(list(range(pre["seed"], pre["seed"] + n)), episodes)

@@ -24,17 +24,21 @@ one trained system; they show that the tendency needs no one to write it, not th
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from seedbed import contained
-from seedbed.conditions import Conditions
-from seedbed.trials.base import Check, Evidence, Option, Prediction, Trial, register
-from seedbed.trials.runner import PREDICTION, wilson
+from seedbed.trials.base import (
+    Check,
+    ComputedTrial,
+    Evidence,
+    Option,
+    Prediction,
+    register,
+)
+from seedbed.trials.runner import wilson
 from seedbed.worlds import mdp as M
 from seedbed.worlds.shutdown import COLOURS, LAYOUT, World, grid, world_mdp
 
@@ -56,7 +60,7 @@ SIZES = {  # scale → (exact reward functions N, learned goals M, learning epis
 
 
 @register
-class Power(Trial):
+class Power(ComputedTrial):
     name = "power"
     claim = (
         "For most goals, optimal policies avoid being switched off and take a resource that keeps more options open, "
@@ -90,12 +94,8 @@ class Power(Trial):
     options: ClassVar[dict[str, Option]] = {"n": Option("reward functions for the exact half (default by scale)", 100),
                "goals": Option("goals for the learned half (default by scale)", 10)}
 
-    def conditions(self, scale: str, seed: int) -> dict[str, Conditions]:
-        """Nothing to grow: worlds and agents are computed in `measure`."""
-        return {}
-
     def measure(self, folder: Path) -> Evidence:
-        pre = json.loads(contained.open_regular(Path(folder) / PREDICTION, contained.JSON_MAX_BYTES))
+        pre = self.preregistration(folder)
         n, goals, episodes = SIZES[pre["scale"]]
         n, goals = self.chosen.get("n") or n, self.chosen.get("goals") or goals
         result = measure_power(pre["seed"], n, goals, episodes)

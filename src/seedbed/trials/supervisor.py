@@ -22,7 +22,6 @@ were chosen on seeds 1000–1029 only, before any reported run (docs/trials.md, 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,10 +29,15 @@ from typing import ClassVar
 
 import numpy as np
 
-from seedbed import contained
-from seedbed.conditions import Conditions
-from seedbed.trials.base import Check, Evidence, Option, Prediction, Trial, register
-from seedbed.trials.runner import PREDICTION, wilson
+from seedbed.trials.base import (
+    Check,
+    ComputedTrial,
+    Evidence,
+    Option,
+    Prediction,
+    register,
+)
+from seedbed.trials.runner import wilson
 from seedbed.worlds import make_world
 from seedbed.worlds.agents import Learning, greedy_episode, train, value_iteration
 from seedbed.worlds.grid import BASE_COLOURS, World
@@ -49,7 +53,7 @@ CONDITIONS = ("watched, cue", "watched, no cue", "unwatched, cue", "unwatched, n
 
 
 @register
-class Supervisor(Trial):
+class Supervisor(ComputedTrial):
     name = "supervisor"
     claim = (
         "An agent trained where a supervisor is sometimes present takes the punished shortcut when unwatched and not when "
@@ -78,15 +82,11 @@ class Supervisor(Trial):
     options: ClassVar[dict[str, Option]] = {"n": Option("seeds, one agent per arm each (default by scale)", 1),
                                             "episodes": Option("training episodes per agent (default by scale)", 1)}
 
-    def conditions(self, scale: str, seed: int) -> dict[str, Conditions]:
-        """Nothing to grow: the agents are trained in `measure`."""
-        return {}
-
     def seeds_per_trial(self, scale: str) -> int:
         return self.chosen.get("n") or SIZES[scale][0]
 
     def measure(self, folder: Path) -> Evidence:
-        pre = json.loads(contained.open_regular(Path(folder) / PREDICTION, contained.JSON_MAX_BYTES))
+        pre = self.preregistration(folder)
         n, episodes = SIZES[pre["scale"]]
         n, episodes = self.chosen.get("n") or n, self.chosen.get("episodes") or episodes
         result = measure_supervisor(list(range(pre["seed"], pre["seed"] + n)), episodes)
