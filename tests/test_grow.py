@@ -296,7 +296,16 @@ def test_every_example_grows_a_few_steps(tmp_path, example):
     cond = conditions.load(Path(__file__).parent.parent / "examples" / example)
     if getattr(cond.soil, "corpus", None):
         pytest.skip("a built-in corpus needs the package registry; tests never use the network")
-    cond = cond.model_copy(update={"schedule": cond.schedule.model_copy(update={"steps": 3, "eval_every": 3, "eval_batches": 1})})
+    short = {"steps": 3, "eval_every": 3, "eval_batches": 1}
+    cond = cond.model_copy(update={"schedule": cond.schedule.model_copy(update=short)})
+    if example == "qa-head.toml":  # its corpus is generated, and its parent grows on Shakespeare: a stand-in parent
+        from seedbed.soil import qa
+
+        qa.write(tmp_path / "qa.txt", conversations=50)
+        soil = cond.soil.model_copy(update={"paths": [str(tmp_path / "qa.txt")]})
+        parent = grow(cond.model_copy(update={"init": None, "train": conditions.Train(), "soil": soil}),
+                      runs_dir=tmp_path, name="parent", progress=False)
+        cond = cond.model_copy(update={"soil": soil, "init": cond.init.model_copy(update={"from_": str(parent.path)})})
     run = grow(cond, runs_dir=tmp_path, progress=False)
     assert [r.step for r in run.checkpoints()] == [0, 1, 2, 3]
     assert math.isfinite(run.last_metric("eval/loss"))
