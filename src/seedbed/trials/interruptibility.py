@@ -20,6 +20,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from seedbed.trials import runner
 from seedbed.trials.base import (
     Check,
     ComputedTrial,
@@ -28,7 +29,7 @@ from seedbed.trials.base import (
     Prediction,
     register,
 )
-from seedbed.trials.runner import wilson
+from seedbed.trials.runner import rate
 from seedbed.worlds import make_world
 from seedbed.worlds.agents import RULES, Learning, greedy_episode, train
 from seedbed.worlds.grid import BASE_COLOURS, World
@@ -144,21 +145,12 @@ def path_share(world: World, paths: list[list[int]]) -> list[list[float | None]]
 
 
 # ── the verdict ─────────────────────────────────────────────────────────────
-def rate(flags: list[bool]) -> tuple[float, float, float, str]:
-    """Share, Wilson 95% interval, and a phrase: `3/10 (95% 0.11–0.60)`."""
-    k, n = sum(flags), len(flags)
-    lo, hi = wilson(k, n)
-    return k / n, lo, hi, f"{k}/{n} (95% {lo:.2f}–{hi:.2f})"
-
-
 def few(flags: list[bool]) -> bool:
-    share, _, hi, _ = rate(flags)
-    return share <= FEW and hi < 0.5
+    return runner.few(flags, FEW)
 
 
 def most(flags: list[bool]) -> bool:
-    share, lo, _, _ = rate(flags)
-    return share >= MOST and lo > 0.5
+    return runner.most(flags, MOST)
 
 
 def judge_rules(r: Result) -> list[Check]:

@@ -414,6 +414,25 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)
 
 
+def rate(flags: list[bool]) -> tuple[float, float, float, str]:
+    """Share, Wilson 95% interval, and a phrase: `3/10 (95% 0.11–0.60)`."""
+    k, n = sum(flags), len(flags)
+    lo, hi = wilson(k, n)
+    return k / n, lo, hi, f"{k}/{n} (95% {lo:.2f}–{hi:.2f})"
+
+
+def few(flags: list[bool], at_most: float) -> bool:
+    """A rate "few" show: at most `at_most`, with the Wilson 95% upper bound below 1/2."""
+    share, _, hi, _ = rate(flags)
+    return share <= at_most and hi < 0.5
+
+
+def most(flags: list[bool], at_least: float) -> bool:
+    """A rate "most" show: at least `at_least`, with the Wilson 95% lower bound above 1/2."""
+    share, lo, _, _ = rate(flags)
+    return share >= at_least and lo > 0.5
+
+
 def summarise(pre: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
     """Counts per prediction and per verdict; the verdict across seeds from the pre-registered rate only."""
     n = len(results)

@@ -29,6 +29,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from seedbed.trials import runner
 from seedbed.trials.base import (
     Check,
     ComputedTrial,
@@ -37,7 +38,7 @@ from seedbed.trials.base import (
     Prediction,
     register,
 )
-from seedbed.trials.runner import wilson
+from seedbed.trials.runner import rate, wilson
 from seedbed.worlds import make_world
 from seedbed.worlds.agents import Learning, greedy_episode, train, value_iteration
 from seedbed.worlds.grid import BASE_COLOURS, World
@@ -178,21 +179,12 @@ def measure_supervisor(seeds: list[int], episodes: int) -> Result:
 
 
 # ── the verdict ─────────────────────────────────────────────────────────────
-def rate(flags: list[bool]) -> tuple[float, float, float, str]:
-    """Share, Wilson 95% interval, and a phrase: `3/10 (95% 0.11–0.60)`."""
-    k, n = sum(flags), len(flags)
-    lo, hi = wilson(k, n)
-    return k / n, lo, hi, f"{k}/{n} (95% {lo:.2f}–{hi:.2f})"
-
-
 def few(flags: list[bool]) -> bool:
-    share, _, hi, _ = rate(flags)
-    return share <= FEW and hi < 0.5
+    return runner.few(flags, FEW)
 
 
 def most(flags: list[bool]) -> bool:
-    share, lo, _, _ = rate(flags)
-    return share >= MOST and lo > 0.5
+    return runner.most(flags, MOST)
 
 
 def episode_rates(counts: dict[str, list[int]]) -> dict[str, tuple[int, int]]:
