@@ -120,7 +120,7 @@ def _parent_cell(parent) -> str:
 
 @app.command()
 def read(
-    run: Path = typer.Argument(..., help="the run folder, e.g. runs/NAME"),
+    run: Path = typer.Argument(..., help="the run folder, e.g. runs/NAME, or a Hugging Face GPT-2 folder (docs/hf.md)"),
     step: Optional[int] = typer.Option(None, "--step", help="the checkpoint to read (default: the newest)"),
     out: Optional[Path] = typer.Option(None, "--out", help="a new or empty folder for the pictures (default: RUN/read/step-N, numbered if taken)"),
     seed: int = typer.Option(0, "--seed", help="seed of the random sequences the scores are measured on"),
@@ -147,7 +147,8 @@ def read(
                 cells.append("–" if v != v else f"[bold]{v:.2f}[/bold]" if v >= THRESHOLDS[n] else f"{v:.2f}")
             table.add_row(f"L{l}H{h}", *cells)
     console.print(table)
-    console.print(_held_out_loss(grown.run, grown.step), markup=False)
+    console.print(_held_out_loss(grown.run, grown.step) if not grown.hf else "a Hugging Face model folder: no held-out loss recorded",
+                  markup=False)
     if any(bool(t.isnan().any()) for t in reading.scores.values()):
         console.print(f"– : not measurable: n_ctx={grown.model.cfg.n_ctx} is too short for the repeated sequences", markup=False)
     for line in standout_lines(reading):
@@ -192,6 +193,20 @@ def _held_out_loss(run: Path, step: int) -> str:
     if diverged is not None:  # the checkpoints end before the step that went bad: say so, or a reader takes them for the end
         line += f" — this run diverged at step {diverged:,}; its newest checkpoint holds the weights before"
     return line
+
+
+@app.command()
+def watch(
+    series: list[Path] = typer.Argument(..., help="a folder of checkpoint folders (step1000/, step2000/, …), or the checkpoint folders"),
+    text: Optional[Path] = typer.Option(None, "--text", help="measure the loss on this UTF-8 text (default: repeated random tokens)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="the new run folder for the observations (default: runs/NAME-watch, numbered if taken)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the random sequences the scores are measured on"),
+) -> None:
+    """Replay the observers over a series of Hugging Face checkpoints, find emergences, write the report (docs/hf.md)."""
+    from seedbed.watch.series import watch_series
+
+    folder = watch_series(series, out=out, text=text, seed=seed, say=lambda line: console.print(line, soft_wrap=True, markup=False))
+    console.print(f"report → {folder / 'report.html'}", soft_wrap=True, markup=False)
 
 
 @app.command()

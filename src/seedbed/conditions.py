@@ -174,7 +174,7 @@ class Architecture(_Strict):
     n_ctx: Int64 = Field(64, ge=1)
     d_vocab: Int64 | None = Field(None, ge=2)
     layernorm: bool = True
-    act: Literal["gelu", "relu"] = "gelu"
+    act: Literal["gelu", "gelu_new", "relu"] = Field("gelu", description="gelu: exact (erf); gelu_new: GPT-2's tanh approximation")
     tied_embeddings: bool = False
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     init: Literal["gpt2", "fan-in"] = Field(

@@ -37,7 +37,7 @@ from seedbed.soil.text import Tokenizer
 
 FORMATS = ("hf", "transformer-lens")  # transformer-lens: the same folder; TransformerLens 4 loads Hugging Face folders
 MARKER = "seedbed_export.json"  # says "seedbed wrote this folder", so a later export may replace it
-ACTIVATIONS = {"gelu": "gelu", "relu": "relu"}  # seedbed's gelu is the exact erf GELU: HF "gelu", not GPT-2's "gelu_new"
+ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_new", "relu": "relu"}  # seedbed's gelu is the exact erf GELU: HF "gelu"
 ANY_CHAR = r"[\s\S]"  # one code point, newlines included (Oniguruma has no (?s))
 
 
@@ -113,7 +113,7 @@ def check_expressible(arch: Architecture) -> None:
             f"attention dimensions, not d_model = {arch.d_model}: GPT-2's heads are always d_model / n_heads wide, "
             "so it cannot express this model: only models grown with n_heads * d_head = d_model export"
         )
-    if arch.act not in ACTIVATIONS:  # pragma: no cover - the schema allows only gelu and relu today
+    if arch.act not in ACTIVATIONS:  # pragma: no cover - every act the schema allows has one
         raise SeedbedError(f"architecture.act = {arch.act!r}: no GPT-2 activation_function equals it, so it cannot be exported")
 
 

@@ -1,6 +1,6 @@
 """The transformer: a GPT-2-style decoder, readable top to bottom, every intermediate a hook point.
 
-Pre-LayerNorm blocks, learned positions, GELU (or ReLU) MLP; options for
+Pre-LayerNorm blocks, learned positions, GELU (exact, or GPT-2's tanh "gelu_new") or ReLU MLP; options for
 attention-only, no LayerNorm, tied embeddings. Hook names follow TransformerLens.
 
 Speed: attention normally runs fused (one QKV matmul + `scaled_dot_product_attention`).
@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Iterator
 
 import torch
@@ -152,13 +153,17 @@ class Attention(nn.Module):
         return self.out.weight.view(-1, self.n_heads, self.d_head).permute(1, 2, 0)
 
 
+# gelu_new: GPT-2's tanh approximation of GELU, so that GPT-2 family models read from Hugging Face run unchanged
+ACTIVATIONS = {"gelu": F.gelu, "gelu_new": partial(F.gelu, approximate="tanh"), "relu": F.relu}
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: Architecture) -> None:
         super().__init__()
         assert cfg.d_mlp is not None
         self.fc_in = nn.Linear(cfg.d_model, cfg.d_mlp)
         self.fc_out = nn.Linear(cfg.d_mlp, cfg.d_model)
-        self.act = F.gelu if cfg.act == "gelu" else F.relu
+        self.act = ACTIVATIONS[cfg.act]
         self.dropout = cfg.dropout
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp], before the nonlinearity
         self.hook_post = HookPoint()  # after it

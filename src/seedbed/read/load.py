@@ -2,7 +2,8 @@
 
 Reading needs only the run folder: the weights come from `checkpoints/`, the
 architecture from `conditions.toml`, a text tokenizer from `artifacts.json`. A run
-copied to another machine therefore opens there too.
+copied to another machine therefore opens there too. A Hugging Face model folder of the
+GPT-2 family (config.json + model.safetensors) opens the same way (`seedbed.read.hf`).
 
 A run folder is untrusted input, so the paths of a text soil in its conditions are
 not followed unless the caller asks (`corpus=True`): crafted conditions could name
@@ -22,6 +23,7 @@ from seedbed import checkpoint
 from seedbed.conditions import Conditions, Text
 from seedbed.errors import SeedbedError
 from seedbed.model import Transformer
+from seedbed.read.hf import HFTokenizer, conditions_of, is_hf_folder, model_from_folder, read_tokenizer, step_of
 from seedbed.run import Run
 from seedbed.soil import SoilBase, make_soil
 from seedbed.soil.text import SHAKESPEARE_CACHE, Tokenizer, default_cache_dir
@@ -34,14 +36,16 @@ class Grown:
     model: Transformer
     conditions: Conditions
     soil: SoilBase | None
-    tokenizer: Tokenizer | None
+    tokenizer: Tokenizer | HFTokenizer | None
     step: int
-    run: Path
+    run: Path  # the run folder, or the Hugging Face model folder (then `hf` is true)
+    hf: bool = False
 
     def decode(self, tokens: list[int] | torch.Tensor) -> str:
         if self.soil is not None:
             return self.soil.decode(tokens)
-        assert self.tokenizer is not None
+        if self.tokenizer is None:  # a Hugging Face folder without tokenizer.json: the ids themselves
+            return " ".join(str(int(t)) for t in tokens)
         return self.tokenizer.decode([int(t) for t in tokens])
 
 
@@ -60,9 +64,12 @@ def load(run: str | Path, step: int | None = None, device: str | torch.device = 
     A step without a checkpoint is an error listing the steps that have one; a
     checkpoint whose bytes do not match its recorded sha256 is refused. `corpus`:
     read the files a text soil's conditions name (trust the run folder), so that
-    `soil` can give held-out batches; by default they are never touched.
+    `soil` can give held-out batches; by default they are never touched. A Hugging Face
+    model folder has one model: its step is the one its name says (step3000 → 3000), else 0.
     """
     path = Path(run)
+    if is_hf_folder(path):
+        return _load_hf(path, step, device)
     r = Run.open(path, readonly=True)
     try:
         records, conditions, artifacts = r.checkpoints(), r.conditions, r.artifacts
@@ -86,6 +93,15 @@ def load(run: str | Path, step: int | None = None, device: str | torch.device = 
     model.eval().to(device)
     soil, tokenizer = _soil_of(conditions, artifacts, corpus)
     return Grown(model, conditions, soil, tokenizer, rec.step, path)
+
+
+def _load_hf(folder: Path, step: int | None, device: str | torch.device) -> Grown:
+    own = step_of(folder) or 0
+    if step is not None and step != own:
+        raise SeedbedError(f"'{folder}' is one Hugging Face checkpoint, of step {own}: leave out --step, or give the folder of step {step}")
+    model, _ = model_from_folder(folder)
+    model.to(device)
+    return Grown(model, conditions_of(folder, model.cfg), None, read_tokenizer(folder), own, folder, hf=True)
 
 
 def _soil_of(conditions: Conditions, artifacts: dict, corpus: bool) -> tuple[SoilBase | None, Tokenizer | None]:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from seedbed.model import Transformer, evaluating
 from seedbed.read.scores import default_length, pattern_scores
 from seedbed.soil import SoilBase
+from seedbed.soil.base import Batch
 
 # Olsson et al. 2022 define the in-context-learning score on 512-token contexts as
 # loss(token 500) − loss(token 50); here the same fractions of whatever context we have.
@@ -43,8 +44,12 @@ class HeldOutLosses:
     goes negative as the model learns to use its context.
     """
 
-    def __init__(self, soil: SoilBase, batch_size: int = 64) -> None:
-        self.batch = soil.eval_batch(HELD_OUT_INDEX, batch_size)
+    def __init__(self, soil: SoilBase | None = None, batch_size: int = 64, batch: Batch | None = None) -> None:
+        """On the soil's fixed held-out batch, or on `batch` (a series read from elsewhere has no soil)."""
+        if batch is None:
+            assert soil is not None, "give a soil or a batch"
+            batch = soil.eval_batch(HELD_OUT_INDEX, batch_size)
+        self.batch = batch
         self.seq_len = self.batch.targets.shape[1]
         self.early, self.late = icl_positions(self.seq_len)
         n_bins = min(self.seq_len, MAX_POSITION_SERIES)
