@@ -233,6 +233,28 @@ def export(
 
 
 @app.command()
+def llc(
+    run: Path = typer.Argument(..., help="the run folder, e.g. runs/NAME (a trial's runs: runs/TRIAL/main)"),
+    calibrate: bool = typer.Option(False, "--calibrate", help="try a grid of step sizes and localizations on one checkpoint; suggest one"),
+    step: Optional[int] = typer.Option(None, "--step", help="measure this checkpoint only (with --calibrate: default the newest)"),
+    step_size: float = typer.Option(1e-3, "--step-size", help="SGLD step size ε"),
+    localization: float = typer.Option(100.0, "--localization", help="SGLD localization γ: the pull back toward the checkpoint"),
+    n_beta: Optional[float] = typer.Option(None, "--n-beta", help="inverse temperature nβ (default: m / log m, m the batch size)"),
+    chains: int = typer.Option(4, "--chains", help="SGLD chains per checkpoint"),
+    draws: int = typer.Option(100, "--draws", help="SGLD steps averaged per chain"),
+    burnin: int = typer.Option(50, "--burnin", help="SGLD steps before the draws"),
+    batch_size: int = typer.Option(32, "--batch-size", help="sequences per SGLD step"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed of the chains' noise (default: the run's seed)"),
+) -> None:
+    """The local learning coefficient at RUN's checkpoints, written into the run (docs/llc.md)."""
+    from seedbed.watch.llc import Sampling, calibrate_command, llc_command
+
+    sampling = Sampling(step_size=step_size, localization=localization, n_beta=n_beta, chains=chains, draws=draws,
+                        burnin=burnin, batch_size=batch_size)
+    (calibrate_command if calibrate else llc_command)(run, sampling, step, seed, console)
+
+
+@app.command()
 def trial(
     name: str = typer.Argument(..., help="which trial (seedbed trials lists them)"),
     scale: str = typer.Option("small", "--scale", help="tiny (seconds), small (minutes on a 2-core CPU) or full (the published scale: a GPU)"),
