@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import platform
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Union
 
 import tomli_w
@@ -153,7 +153,18 @@ class Backdoor(_Strict):
         return self
 
 
-Soil = Annotated[Union[RepeatedBlocks, ModularArithmetic, DigitAddition, Text, Backdoor], Field(discriminator="kind")]
+class Transcripts(_Strict):
+    """Text transcripts of episodes in the safe-interruptibility world, each starting with its return (the `tiger`
+    trial's data, return-conditioned as in Decision Transformer). Policies and layout: seedbed.soil.transcripts."""
+
+    kind: Literal["transcripts"] = "transcripts"
+    episodes: int = Field(20_000, ge=10, le=1_000_000, description="episodes generated (policies mixed as in the soil)")
+    max_steps: int = Field(30, ge=12, le=40, description="world steps per episode (the world's 100, cut to fit n_ctx)")
+    qa_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="share of rows that are a QA exchange about the best way")
+    holdout_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of episodes never trained on")
+
+
+Soil = Annotated[Union[RepeatedBlocks, ModularArithmetic, DigitAddition, Text, Backdoor, Transcripts], Field(discriminator="kind")]
 
 
 # ── the rest ─────────────────────────────────────────────────────────────────
@@ -306,6 +317,26 @@ class Train(_Strict):
         return patterns
 
 
+class Tracking(_Strict):
+    """One-way mirrors of the run to other trackers (seedbed.tracking); they never change training.
+
+    `tensorboard` names a folder *inside the run folder*: a conditions file is shared and run by others,
+    so it may say where in the run its mirror goes, never where else on somebody's disk. `mlflow` names
+    an experiment; the server is the one your environment names (MLFLOW_TRACKING_URI), never the file's."""
+
+    tensorboard: str | None = Field(None, description='event files in this folder inside the run folder, e.g. "tensorboard"')
+    mlflow: str | None = Field(None, min_length=1, description="an MLflow experiment to mirror the run into")
+
+    @field_validator("tensorboard")
+    @classmethod
+    def _inside_the_run(cls, folder: str | None) -> str | None:
+        parts = PurePosixPath(folder or "").parts
+        if folder is not None and (not parts or not folder.isprintable() or "\\" in folder or folder.startswith(("/", "~"))
+                                   or any(p in ("..", ".") for p in parts)):
+            raise ValueError('give a folder inside the run folder, e.g. "tensorboard" (no absolute path, no "..")')
+        return folder
+
+
 class Conditions(_Strict):
     """The whole recipe of a run. Same Conditions + same seed ⇒ same weights."""
 
@@ -321,6 +352,7 @@ class Conditions(_Strict):
     checkpoints: Checkpoints = Field(default_factory=Checkpoints)
     init: Init | None = Field(None, description="grow from a parent run's checkpoint instead of the seed")
     train: Train = Field(default_factory=Train)
+    tracking: Tracking | None = Field(None, description="one-way mirrors to TensorBoard / MLflow")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     versions: dict[str, str] = Field(default_factory=dict, description="filled in when a run starts")
@@ -375,7 +407,7 @@ def _key(part: str | int) -> str:
 
 def _first_error(err: ValidationError, source: str) -> str:
     e = err.errors()[0]
-    tags = {"repeated-blocks", "modular-arithmetic", "digit-addition", "text", "backdoor"}  # the soil union's branch names
+    tags = {"repeated-blocks", "modular-arithmetic", "digit-addition", "text", "backdoor", "transcripts"}  # the soil union's branch names
     where = ".".join(_key(p) for p in e["loc"] if str(p) not in tags and not str(p).startswith("function-"))
     kind, msg = e["type"], e["msg"]
     if kind == "extra_forbidden":
@@ -384,9 +416,9 @@ def _first_error(err: ValidationError, source: str) -> str:
     if kind == "missing":
         return f"{source}: missing '{where}': add it"
     if kind == "union_tag_invalid":
-        return f"{source}: soil.kind must be one of repeated-blocks, modular-arithmetic, digit-addition, text, backdoor"
+        return f"{source}: soil.kind must be one of repeated-blocks, modular-arithmetic, digit-addition, text, backdoor, transcripts"
     if kind == "union_tag_not_found":
-        return f"{source}: soil needs a kind: one of repeated-blocks, modular-arithmetic, digit-addition, text, backdoor"
+        return f"{source}: soil needs a kind: one of repeated-blocks, modular-arithmetic, digit-addition, text, backdoor, transcripts"
     msg = msg.removeprefix("Value error, ")
     got = e.get("input")
     shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {_clip(repr(got))})"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seedbed.conditions import Backdoor, Conditions, DigitAddition, ModularArithmetic, RepeatedBlocks, Text
+from seedbed.conditions import Backdoor, Conditions, DigitAddition, ModularArithmetic, RepeatedBlocks, Text, Transcripts
 from seedbed.errors import SeedbedError
 from seedbed.soil.backdoor import BackdoorSoil
 from seedbed.soil.base import Batch, SoilBase, generator
 from seedbed.soil.synthetic import DigitAdditionSoil, ModularArithmeticSoil, RepeatedBlocksSoil
 from seedbed.soil.text import TextSoil
+from seedbed.soil.transcripts import TranscriptsSoil
 
 __all__ = ["Batch", "SoilBase", "generator", "make_soil", "resolve"]
 
@@ -28,6 +29,8 @@ def make_soil(conditions: Conditions) -> SoilBase:
         return TextSoil(s, seed, n_ctx)
     if isinstance(s, Backdoor):
         return BackdoorSoil(s, seed)
+    if isinstance(s, Transcripts):
+        return TranscriptsSoil(s, seed)
     raise SeedbedError(f"unknown soil {s!r}")  # pragma: no cover - the schema forbids it
 
 
