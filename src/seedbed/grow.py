@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import NoReturn
@@ -43,6 +43,7 @@ from seedbed.lineage import Parent, find_parent
 from seedbed.model import Transformer
 from seedbed.run import Run
 from seedbed.soil import Batch, SoilBase, make_soil, resolve
+from seedbed.tracking import Mirror, Sink, sinks_for
 
 Observer = Callable[[nn.Module, int], dict[str, float]]
 # Told what was observed at a step, once it is stored in the run; returns steps to keep
@@ -277,6 +278,7 @@ def grow(
     observers: Sequence[Observer] = (),
     observe_every: int | None = None,
     listeners: Sequence[Listener] = (),
+    sinks: Sequence[Sink] = (),
     progress: bool = True,
     console: Console | None = None,
 ) -> Run:
@@ -285,7 +287,8 @@ def grow(
     `observers` are called at step 0, at every eval and checkpoint step and every
     `observe_every` steps; what they return is stored in the run, and their cost is
     logged as `time/observe_s` against `time/train_s`. `listeners` then hear every
-    observation and may ask for checkpoints around what they saw.
+    observation and may ask for checkpoints around what they saw. `sinks` (and the
+    conditions' `[tracking]`) get a one-way copy of the run: TensorBoard, MLflow (seedbed.tracking).
 
     Raises `Interrupted` after saving a checkpoint if stopped by a signal.
     """
@@ -307,12 +310,13 @@ def grow(
         if cond.init is not None:
             cond, parent = find_parent(cond)
 
+    mirror = Mirror([*sinks_for(cond.tracking), *sinks], say=lambda line: console.print(line, soft_wrap=True, highlight=False))
     dist = Distributed.from_env(backend_for(cond.device))
     try:
         if observe_every is not None and observe_every < 1:
             raise SeedbedError(f"observe_every={observe_every}: observe every 1 or more steps")
         g = Growing(cond, soil, run_path, resume is not None, dist, pick_device(cond.device, dist),
-                    Watching(observers, observe_every, listeners), progress, console, parent=parent)
+                    Watching(observers, observe_every, listeners), progress, console, parent=parent, mirror=mirror)
         run = _start(g, Path(runs_dir))
     except BaseException:
         dist.close(together=False)  # a barrier could wait forever for a rank that failed elsewhere
@@ -354,6 +358,7 @@ class Growing:
     console: Console
     run: Run | None = None  # the open run folder, on rank 0 only: the other ranks never write
     parent: Parent | None = None  # a new child run's verified starting checkpoint ([init] from)
+    mirror: Mirror = field(default_factory=Mirror)  # copies of the run for other trackers (rank 0 only)
 
     def __post_init__(self) -> None:
         self.my_rows = self.dist.rows(self.cond.schedule.batch_size)  # this rank's rows of every global batch
@@ -383,6 +388,7 @@ def _start(g: Growing, runs_dir: Path) -> Run:
         try:
             return _grow(g)
         finally:
+            g.mirror.close()  # the last rows (done, interrupted, diverged) follow first
             if g.run is not None:
                 g.run.release_lock()
     except BaseException:
@@ -503,6 +509,8 @@ def _grow(g: Growing) -> Run:
     """Seedling → first checkpoint (or the resumed one) → steps until the end or a stop → the closing line."""
     learner = _seedling(g)
     start = _resume(g, learner) if g.resuming else _first_checkpoint(g, learner)
+    if g.run is not None:
+        g.mirror.open(g.run.path)  # rewritten from run.sqlite as it is now: a resume leaves no step twice in it
     if start is None:
         return g.run
     total = g.cond.schedule.steps
@@ -652,6 +660,7 @@ def _observe(g: Growing, learner: Learner, step: int, metrics: dict[str, float])
         metrics.update({"time/observe_s": g.watching.observe_s, "time/train_s": g.watching.train_s})
     g.run.log_metrics(step, finite(metrics))
     g.run.commit()
+    g.mirror.sync()
     g.watching.hear(g.run, step, observed, _in_memory(g, learner, step))
 
 
