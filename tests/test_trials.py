@@ -270,6 +270,7 @@ def test_seedbed_trials_shows_the_newest_verdict_over_seeds_too(tmp_path):
 def test_a_worker_stopped_by_ctrl_c_starts_no_other_run(tmp_path: Path, monkeypatch):
     """Ctrl-C reaches the workers before the trial's process writes .stopping: a job already queued to a worker
     that was just interrupted must not grow (it did, once: a whole extra run after Ctrl-C)."""
+    from seedbed import sweep
     from seedbed.grow import Interrupted
     from seedbed.trials import runner
 
@@ -281,9 +282,10 @@ def test_a_worker_stopped_by_ctrl_c_starts_no_other_run(tmp_path: Path, monkeypa
             raise Interrupted()
 
     monkeypatch.setattr(runner, "grow_one", fake_grow_one)
-    monkeypatch.setattr(runner, "_stopped", False)
+    monkeypatch.setattr(sweep, "_stopped", False)  # the pool's worker side lives in seedbed.sweep (one executor)
     cond = tiny().model_dump(mode="json")
+    job = lambda name: (runner._grow_in_process, ("induction", {}, "tiny", cond, str(tmp_path), name, str(tmp_path)))
     with pytest.raises(Interrupted):
-        runner._grow_in_process("induction", {}, "tiny", cond, str(tmp_path), "first", 1, str(tmp_path))
-    runner._grow_in_process("induction", {}, "tiny", cond, str(tmp_path), "second", 1, str(tmp_path))
-    assert grown == ["first"] and not (tmp_path / runner.STOPPING).exists()
+        sweep._in_worker(*job("first"), 1, str(tmp_path))
+    sweep._in_worker(*job("second"), 1, str(tmp_path))
+    assert grown == ["first"] and not (tmp_path / sweep.STOPPING).exists()

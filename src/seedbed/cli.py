@@ -264,6 +264,7 @@ def trial(
     out: Optional[Path] = typer.Option(None, "--out", help="the trial's folder (default: runs/NAME-SCALE-seedS, or -seedsS-E with --seeds; numbered if taken)"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where the default folder goes"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+    ray: Optional[str] = typer.Option(None, "--ray", help="with --seeds: grow each run as a task on the Ray cluster at auto or HOST:PORT (docs/sweep.md)"),
 ) -> None:
     """Run one trial: write its predictions, grow, watch, measure, judge them, and write its HTML report."""
     from seedbed.grow import Interrupted
@@ -272,7 +273,26 @@ def trial(
 
     try:
         run_trial(name, scale=scale, seed=seed, out=out, runs_dir=runs_dir, console=console, progress=progress,
-                  options=parse_options(option), seeds=seeds)
+                  options=parse_options(option), seeds=seeds, ray=ray)
+    except Interrupted:
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def sweep(
+    conditions: Path = typer.Argument(..., help="a TOML file of conditions: what every run of the grid starts from"),
+    seeds: str = typer.Option(..., "--seeds", help="the seeds, A-B inclusive (e.g. 0-99), or one seed"),
+    set_: list[str] = typer.Option([], "--set", help="KEY=V1,V2,…: grow each value (e.g. optimizer.lr=1e-3,3e-3); repeatable: every combination"),
+    out: Optional[Path] = typer.Option(None, "--out", help="the sweep's folder (default: runs/sweep-STEM-seedsA-B); run again to continue it"),
+    ray: Optional[str] = typer.Option(None, "--ray", help="grow each run as a task on the Ray cluster at auto or HOST:PORT (docs/sweep.md)"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where the default folder goes"),
+) -> None:
+    """Grow a grid of runs (every --set value × every seed), then gather one table and a summary report (docs/sweep.md)."""
+    from seedbed.grow import Interrupted
+    from seedbed.sweep import run_sweep
+
+    try:
+        run_sweep(conditions, seeds, set_, out=out, ray=ray, runs_dir=runs_dir, console=console)
     except Interrupted:
         raise typer.Exit(130) from None
 

@@ -10,7 +10,9 @@ One trial (`run_trial`) in a fixed order:
 Many seeds (`run_trial(..., seeds=N)`): one summary folder; every seed's trial folder
 (`seed-K/`) is pre-registered first, together with the summary's own `prediction.json`,
 which holds the rule for the verdict across seeds (the trial's `holds_on`). Then every run of
-every seed grows in a pool of processes, one per usable core; each seed is measured and judged
+every seed grows through `seedbed.sweep.Executor`: a pool of processes, one per usable core, or
+with `ray=ADDRESS` one Ray task per run (a task whose worker dies is retried and its run resumes
+from its checkpoint); each seed is measured and judged
 as above; `summary.json` and a summary `report.html` count, per prediction, the seeds on which
 it held (with a Wilson 95% interval) and give the verdict from the pre-registered rate alone.
 
@@ -24,12 +26,9 @@ import hashlib
 import inspect
 import json
 import math
-import multiprocessing
 import platform
-import signal
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,7 +41,7 @@ from seedbed.conditions import Conditions, package_versions
 from seedbed.errors import SeedbedError
 from seedbed.files import write_atomic
 from seedbed.run import Run
-from seedbed.threads import available_cores, threads_for
+from seedbed.sweep import Executor, Job, grow_or_resume
 from seedbed.trials.base import (
     HELD,
     INCONCLUSIVE,
@@ -56,7 +55,6 @@ from seedbed.trials.base import (
 )
 
 PREDICTION, RESULT, SUMMARY = "prediction.json", "trial.json", "summary.json"
-STOPPING = ".stopping"  # in the folder being grown while Ctrl-C stops its worker processes
 Say = Callable[[str], None]
 
 
@@ -65,8 +63,11 @@ def now() -> str:
 
 
 # ── what is asked, checked before anything is written ────────────────────────
-def check_request(name: str, scale: str, seed: int, seeds: int | None, options: dict[str, int | None] | None) -> Trial:
+def check_request(name: str, scale: str, seed: int, seeds: int | None, options: dict[str, int | None] | None,
+                  ray: str | None = None) -> Trial:
     """The trial, or one line saying what is wrong with the request."""
+    if ray is not None and seeds is None:
+        raise SeedbedError(f"--ray {ray}: Ray grows the runs of many seeds: add --seeds N (or leave --ray out)")
     if seeds is not None and seeds < 1:
         raise SeedbedError(f"--seeds {seeds}: give 1 or more seeds (they run from --seed, default 0)")
     if seed < 0:
@@ -127,11 +128,16 @@ def preregister(trial: Trial, scale: str, seed: int, out: Path) -> dict[str, Any
 # ── one trial ───────────────────────────────────────────────────────────────
 def run_trial(name: str, scale: str = "small", seed: int = 0, out: Path | None = None, runs_dir: Path = Path("runs"),
               console: Console | None = None, progress: bool = True, options: dict[str, int | None] | None = None,
-              seeds: int | None = None) -> Path:
-    """Grow, watch, measure and judge a trial (on `seeds` seeds from `seed`, if given); returns its folder."""
-    trial = check_request(name, scale, seed, seeds, options)
+              seeds: int | None = None, ray: str | None = None) -> Path:
+    """Grow, watch, measure and judge a trial (on `seeds` seeds from `seed`, if given, their runs on the Ray
+    cluster at `ray` if given); returns its folder."""
+    trial = check_request(name, scale, seed, seeds, options, ray)
     if seeds is not None:
-        return run_seeds(trial, scale, seed, seeds, out, Path(runs_dir), console or Console())
+        executor = Executor.connect(ray)  # an unreachable cluster is one line before anything is written
+        try:
+            return run_seeds(trial, scale, seed, seeds, out, Path(runs_dir), console or Console(), executor)
+        finally:
+            executor.close()
     console = console or Console()
     say: Say = lambda m: console.print(m, soft_wrap=True, highlight=False)
     out = Path(out) if out is not None else free_folder(Path(runs_dir), f"{name}-{scale}-seed{seed}")
@@ -266,90 +272,43 @@ def observer_cost(paths: list[Path]) -> dict[str, float | None]:
 # ── growing ─────────────────────────────────────────────────────────────────
 def grow_one(trial: Trial, scale: str, cond: Conditions, folder: Path, name: str, say: Say, progress: bool, console: Console | None) -> None:
     """Grow one of a trial's runs, FOLDER/NAME, with the trial's observers and the live watcher."""
-    from seedbed.grow import grow
     from seedbed.model import Transformer
     from seedbed.soil import resolve
     from seedbed.watch import Watcher
 
     resolved, soil = resolve(cond)
     observers = trial.observers(Transformer(resolved.architecture), soil)
-    grow(cond, runs_dir=folder, name=name, observers=observers, observe_every=trial.observe_every[scale],
-         listeners=[Watcher(say, trial.watch_series)], progress=progress, console=console)
+    # a run found started is resumed: a Ray task retried after its worker died continues from its checkpoint
+    grow_or_resume(cond, folder, name, say, observers=observers, observe_every=trial.observe_every[scale],
+                   listeners=[Watcher(say, trial.watch_series)], progress=progress, console=console)
 
 
-class _Terminated(Exception):
-    """SIGTERM reached the trial's process (and not, as Ctrl-C does, its workers)."""
+def grow_in_pool(trial: Trial, scale: str, jobs: list[tuple[Path, str, Conditions]], workers: int | None, top: Path, say: Say,
+                 executor: Executor | None = None) -> None:
+    """Grow every (folder, name, conditions) through the executor (default: `workers` local processes)."""
+    top = Path(top).resolve()  # absolute: a Ray worker may start in another folder
+    again = f"continue one with: seedbed grow --resume {top}/RUN"
+    grown = [Job(str((Path(f).resolve() / k).relative_to(top)), _grow_in_process,
+                 (trial.name, trial.chosen, scale, c.model_dump(mode="json"), str(Path(f).resolve()), k, str(top)))
+             for f, k, c in jobs]
+    (executor or Executor()).grow(grown, top, say, workers, again)
 
 
-def grow_in_pool(trial: Trial, scale: str, jobs: list[tuple[Path, str, Conditions]], workers: int, top: Path, say: Say) -> None:
-    """Grow every (folder, name, conditions) in `workers` processes, each with its share of the usable cores.
-
-    Stopping: Ctrl-C reaches every worker (one process group), whose growth saves a checkpoint
-    and stops; SIGTERM to the trial is passed on to the workers, which do the same. Runs not yet
-    started are dropped (TOP/.stopping tells a worker not to start one). A worker's error is the trial's.
-    """
-    from seedbed.grow import Interrupted
-
-    label = lambda folder, k: str((folder / k).relative_to(top))
-    say(f"growing {len(jobs)} runs in {workers} processes: {', '.join(label(f, k) for f, k, _ in jobs)}")
-    threads = threads_for(workers)
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    running = {pool.submit(_grow_in_process, trial.name, trial.chosen, scale, c.model_dump(mode="json"), str(f), k, threads, str(top)):
-               label(f, k) for f, k, c in jobs}
-
-    def terminated(signum, frame):
-        raise _Terminated
-
-    previous = signal.signal(signal.SIGTERM, terminated)
-    try:
-        for job in as_completed(running):
-            job.result()
-            say(f"grew {running[job]}")
-    except (KeyboardInterrupt, Interrupted, _Terminated) as stop:
-        (top / STOPPING).touch()  # a run already handed to a worker must not start after all
-        if isinstance(stop, _Terminated):
-            for process in list(getattr(pool, "_processes", {}).values()):
-                process.terminate()  # SIGTERM: the worker's growth saves a checkpoint and stops
-        pool.shutdown(wait=True, cancel_futures=True)
-        (top / STOPPING).unlink(missing_ok=True)
-        say(f"[yellow]interrupted: the runs under {top} saved checkpoints; continue one with: seedbed grow --resume {top}/RUN")
-        raise Interrupted() from None
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    pool.shutdown()
-
-
-def _grow_in_process(trial_name: str, options: dict, scale: str, cond: dict, folder: str, name: str, threads: int, top: str) -> None:
-    """One run in a worker process: its own threads, no progress bar, lines prefixed with the run's name."""
-    import torch
-
+def _grow_in_process(trial_name: str, options: dict, scale: str, cond: dict, folder: str, name: str, top: str) -> None:
+    """One run in a worker (a pool process or a Ray task): no progress bar, lines prefixed with the run's name."""
     from seedbed.conditions import parse
-    from seedbed.grow import Interrupted
 
-    global _stopped
-    if _stopped or (Path(top) / STOPPING).exists():
-        return
-    torch.set_num_threads(threads)
     console = Console()
     where = str((Path(folder) / name).relative_to(top))
     say = lambda m: console.print(f"[dim]{where}:[/] {m}", soft_wrap=True, highlight=False)
-    try:
-        grow_one(get(trial_name, options), scale, parse(cond), Path(folder), name, say, False, console)
-    except (Interrupted, KeyboardInterrupt):
-        # the next job may already be queued to this worker before the trial's process writes TOP/.stopping
-        _stopped = True
-        raise
-
-
-_stopped = False  # in a worker process: Ctrl-C stopped a run here, so start no other
+    grow_one(get(trial_name, options), scale, parse(cond), Path(folder), name, say, False, console)
 
 
 # ── many seeds ──────────────────────────────────────────────────────────────
-def run_seeds(trial: Trial, scale: str, first: int, n: int, out: Path | None, runs_dir: Path, console: Console) -> Path:
-    """The trial on `n` seeds, each a whole trial in OUT/seed-K; then OUT/summary.json and OUT/report.html."""
+def run_seeds(trial: Trial, scale: str, first: int, n: int, out: Path | None, runs_dir: Path, console: Console,
+              executor: Executor | None = None) -> Path:
+    """The trial on `n` seeds, each a whole trial in OUT/seed-K, grown by the executor (default: local processes);
+    then OUT/summary.json and OUT/report.html."""
     say: Say = lambda m: console.print(m, soft_wrap=True, highlight=False)
     seeds = replicate_seeds(trial, scale, first, n)
     last = seeds[-1] + trial.seeds_per_trial(scale) - 1
@@ -369,10 +328,10 @@ def run_seeds(trial: Trial, scale: str, first: int, n: int, out: Path | None, ru
 
     jobs = [(out / f"seed-{s}", k, c) for s in seeds for k, c in trial.conditions(scale, s).items()]
     if jobs:
-        grow_in_pool(trial, scale, jobs, max(1, min(len(jobs), available_cores())), out, say)
+        grow_in_pool(trial, scale, jobs, None, out, say, executor)
     later = [(out / f"seed-{s}", k, c) for s in seeds for k, c in later_runs(trial, scale, s, out / f"seed-{s}", pres[s], say).items()]
     if later:
-        grow_in_pool(trial, scale, later, max(1, min(len(later), available_cores())), out, say)
+        grow_in_pool(trial, scale, later, None, out, say, executor)
     per_seed = []
     for s in seeds:
         r = finish(trial, pres[s], out / f"seed-{s}", say)
