@@ -323,6 +323,18 @@ def report(run: Path = typer.Argument(..., help="a trial's folder or any run fol
 
 
 @app.command()
+def serve(
+    runs_dir: Path = typer.Argument(Path("runs"), help="folder of runs to show (read-only)"),
+    port: int = typer.Option(8765, "--port", help="port to listen on (0: any free one)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; anything but 127.0.0.1 lets other machines in"),
+) -> None:
+    """The live page: watch runs grow in a browser, emergences as they happen, inside any checkpoint (docs/serve.md)."""
+    from seedbed.serve import serve as serve_runs
+
+    serve_runs(runs_dir, host=host, port=port, say=lambda text: console.print(text, soft_wrap=True, markup=False))
+
+
+@app.command()
 def worlds() -> None:
     """List the worlds: name, what each tests, its actions (seedbed play WORLD runs one)."""
     from seedbed.worlds import WORLDS, gym_id
