@@ -1,6 +1,7 @@
 """Pictures of what was read: attention patterns as heat maps.
 
-matplotlib with the Agg backend, so no display is needed.
+matplotlib's object API (`Figure`), not pyplot: no display is needed, and importing this
+never changes the backend a notebook chose.
 """
 
 from __future__ import annotations
@@ -8,20 +9,18 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from seedbed.files import write_atomic  # noqa: E402
+from seedbed.files import write_atomic
 
 
-def attention_figure(pattern: Tensor, labels: list[str], title: str) -> plt.Figure:
+def attention_figure(pattern: Tensor, labels: list[str], title: str) -> Figure:
     """One head's pattern [query, key] with the tokens on both axes (queries down, keys across)."""
     n = pattern.shape[0]
     size = min(9.0, 2.0 + 0.16 * n)
-    fig, ax = plt.subplots(figsize=(size + 0.8, size), dpi=110)
+    fig = Figure(figsize=(size + 0.8, size), dpi=110)
+    ax = fig.subplots()
     im = ax.imshow(pattern.float().cpu().numpy(), cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     ticks = range(n)
     fontsize = 7 if n <= 48 else 5
@@ -35,10 +34,9 @@ def attention_figure(pattern: Tensor, labels: list[str], title: str) -> plt.Figu
     return fig
 
 
-def save_png(fig: plt.Figure, path: Path) -> Path:
-    """Write the figure as PNG atomically, then free it."""
+def save_png(fig: Figure, path: Path) -> Path:
+    """Write the figure as PNG atomically."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     write_atomic(path, buf.getvalue())
     return path

@@ -120,6 +120,64 @@ def activation_patching(
     return torch.stack(values).reshape(shape)
 
 
+@dataclass
+class PatchingResult:
+    """An activation-patching sweep with the two numbers it is read against, as a notebook shows it.
+
+    `effect` is what `activation_patching` returns (raw metric values); `clean` and `corrupted`
+    are the metric with nothing patched. `recovered` is the share of the clean − corrupted
+    difference a patch restores: 1 means that activation alone carries it, 0 that it carries none.
+    """
+
+    effect: Tensor
+    site: str
+    per_position: bool
+    clean: float
+    corrupted: float
+    labels: list[str] | None = None  # a text label per position (the clean tokens), if given
+
+    @property
+    def recovered(self) -> Tensor:
+        gap = self.clean - self.corrupted
+        return (self.effect - self.corrupted) / gap if gap != 0 else torch.full_like(self.effect, float("nan"))
+
+    def _repr_html_(self) -> str:
+        """A heat map over positions (per_position), else a table of numbers: rows are layers (or heads, for z)."""
+        from seedbed.read import html
+
+        r = self.recovered.float().cpu()
+        m = max(1.0, float(r.nan_to_num(0.0).abs().max()))
+        note = f"metric: clean {self.clean:.4g}, corrupted {self.corrupted:.4g}. Each cell: the corrupted run with that activation taken from the clean run"
+        title = f"Activation patching at {self.site}: share of the clean − corrupted difference restored"
+        if not self.per_position:  # [layer] or [layer, head]: few numbers, written out
+            r = r.reshape(r.shape[0], -1)
+            cols = [f"H{h}" for h in range(r.shape[1])] if self.site == "z" else ["restored"]
+            rows = [[f"L{l}", *(html.shaded(float(v), -m, m) for v in r[l])] for l in range(r.shape[0])]
+            return html.box(title, html.table(["layer", *cols], rows, numeric=set(range(1, len(cols) + 1))), note + ", at every position.")
+        rows = [f"L{l}H{h}" for l in range(r.shape[0]) for h in range(r.shape[1])] if self.site == "z" else [f"L{l}" for l in range(r.shape[0])]
+        r = r.reshape(len(rows), -1)
+        labels = self.labels if self.labels is not None and len(self.labels) == r.shape[1] else None
+        cols = [f"{j} {html.token_label(labels[j])}" if labels else str(j) for j in range(r.shape[1])]
+        effect = self.effect.reshape(r.shape)
+        hover = lambda i, j, v: f"patch {rows[i]} at position {cols[j]}: restores {v:.3f} (metric {float(effect[i, j]):.4g})"
+        body = html.heatmap(r.tolist(), rows, cols, -m, m, hover=hover) + html.scale_bar(-m, m, "restored")
+        return html.box(title, body, html.cut_note(*r.shape) + note + ", at one position.")
+
+
+def patching_result(
+    model: nn.Module, clean: Tensor, corrupted: Tensor, metric: Metric, site: Site = "z", *, labels: list[str] | None = None,
+    per_position: bool = True, metric_positions: Sequence[int] | None = None, **kwargs,
+) -> PatchingResult:
+    """`activation_patching` with its clean and corrupted baselines, as a `PatchingResult` (same arguments;
+    `labels`: text for each position, shown with the heat map)."""
+    effect = activation_patching(model, clean, corrupted, metric, site, per_position=per_position, metric_positions=metric_positions, **kwargs)
+    clean, corrupted = _inputs(model, clean, corrupted)
+    read = _read_positions(metric_positions, corrupted.shape[1], corrupted.device)
+    with torch.no_grad():
+        base = [float(_scalar(metric(model(x)[:, read]))) for x in (clean, corrupted)]
+    return PatchingResult(effect, site, per_position, base[0], base[1], labels)
+
+
 def _patches(cfg, site: str, per_position: bool, T: int) -> tuple[list[_Patch], tuple[int, ...]]:
     """Every patch of the sweep, in the order of the result's axes, and that shape."""
     positions: list[int | None] = list(range(T)) if per_position else [None]

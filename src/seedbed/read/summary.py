@@ -9,6 +9,7 @@ of 0.7 means the head's direct OV circuit is dominated by positive eigenvalues.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from seedbed.errors import SeedbedError
 from seedbed.hooks import run_with_cache
+from seedbed.read import html
 from seedbed.read.figures import attention_figure, save_png
 from seedbed.read.load import Grown
 from seedbed.read.scores import (
@@ -65,6 +67,28 @@ class HeadReading:
     scores: dict[str, Tensor]  # score name -> [n_layers, n_heads]
     standouts: list[Standout]
     compositions: list[Composition] = field(default_factory=list)  # the strongest pair per kind
+    step: int | None = None  # the checkpoint read, and its run's folder name, when known
+    run: str | None = None
+
+    def _repr_html_(self) -> str:
+        """The `seedbed read` table for a notebook: every head, each score on its colour, bold where it stands out."""
+        names = list(self.scores)
+        n_layers, n_heads = next(iter(self.scores.values())).shape
+        rows = []
+        for l in range(n_layers):
+            for h in range(n_heads):
+                cells = []
+                for name in names:
+                    v, bar = float(self.scores[name][l, h]), THRESHOLDS.get(name, math.inf)
+                    cells.append(html.shaded(v, -1.0 if name == "copying" else 0.0, 1.0, bold=v >= bar))
+                rows.append([f"L{l}H{h}", *cells])
+        columns = ["head", *(f"{n.replace('_', '-')} (≥{THRESHOLDS[n]})" if n in THRESHOLDS else n for n in names)]
+        lines = [*standout_lines(self), *map(str, self.compositions)]
+        body = html.table(columns, rows, numeric=set(range(1, len(columns))))
+        body += "".join(f"<div>{html.esc(line)}</div>" for line in lines)
+        note = ("Scores on seeded random sequences (BOS first when the soil has one), the same for every checkpoint; "
+                "bold: at or above the fixed threshold. Copying is −1..1, the others 0..1.")
+        return html.box("Head scores" + html.at(self.run, self.step), body, note)
 
 
 def read_heads(grown: Grown, seed: int = 0) -> HeadReading:
@@ -102,7 +126,7 @@ def read_heads(grown: Grown, seed: int = 0) -> HeadReading:
             i = int(c.argmax())
             l1, h1, l2, h2 = (int(v) for v in torch.unravel_index(torch.tensor(i), c.shape))
             compositions.append(Composition(kind, (l1, h1), (l2, h2), float(c.flatten()[i]), composition_baseline(model, kind)))
-    return HeadReading(scores, standouts, compositions)
+    return HeadReading(scores, standouts, compositions, grown.step, grown.run.name)
 
 
 def standout_lines(reading: HeadReading) -> list[str]:
@@ -146,14 +170,19 @@ def draw_patterns(grown: Grown, heads: list[tuple[int, int, str]], out: Path, se
     tokens = example_tokens(grown, seed)
     layers = sorted({l for l, _, _ in heads})
     _, cache = run_with_cache(grown.model, tokens, [f"blocks.{l}.attn.hook_pattern" for l in layers])
-    labels = [grown.decode([int(t)]) or "·" for t in tokens[0]]
-    labels = [repr(s)[1:-1] if s.isspace() or not s.isprintable() else s for s in labels]
+    labels = token_labels(grown, tokens[0])
     paths = []
     for l, h, title in heads:
         pattern = cache[f"blocks.{l}.attn.hook_pattern"][0, h]
         fig = attention_figure(pattern, labels, f"{title} — step {grown.step}")
         paths.append(save_png(fig, out / f"L{l}H{h}.png"))
     return paths
+
+
+def token_labels(grown: Grown, tokens: Tensor) -> list[str]:
+    """Each token of one sequence as text a picture can show: whitespace and control characters spelt out."""
+    labels = [grown.decode([int(t)]) or "·" for t in tokens]
+    return [repr(s)[1:-1] if s.isspace() or not s.isprintable() else s for s in labels]
 
 
 def _bos(grown: Grown) -> int | None:
