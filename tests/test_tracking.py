@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -267,3 +268,74 @@ def test_mlflow_mirror_rewrites_on_resume(runs, tmp_path):
     history = client.get_metric_history(only.info.run_id, "train/loss")
     assert sorted(m.step for m in history) == list(range(1, 41))
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx([v for _, v in series(runs / "tiny", "train/loss")])
+
+
+class StandInClient:
+    """The part of MLflow's documented MlflowClient API the sink uses, kept in memory: it checks seedbed's side
+    (what is deleted, created and logged on a rewrite), not MLflow itself (the test above does, where installed)."""
+
+    experiments: ClassVar[dict[str, str]] = {}  # the store, shared by every client (reset per test)
+    runs: ClassVar[dict[str, dict]] = {}
+
+    def __init__(self, tracking_uri=None) -> None:
+        self.uri = tracking_uri
+
+    def get_experiment_by_name(self, name):
+        found = self.experiments.get(name)
+        return None if found is None else type("Experiment", (), {"experiment_id": found})()
+
+    def create_experiment(self, name):
+        self.experiments[name] = str(len(self.experiments))
+        return self.experiments[name]
+
+    def search_runs(self, experiment_ids, filter_string=""):
+        import re
+
+        key = re.fullmatch(r"tags\.`seedbed\.run` = '([0-9a-f]+)'", filter_string).group(1)
+        return [type("Run", (), {"info": type("Info", (), {"run_id": rid})()})()
+                for rid, r in self.runs.items() if r["experiment"] in experiment_ids and r["tags"]["seedbed.run"] == key
+                and not r["deleted"]]
+
+    def delete_run(self, run_id):
+        self.runs[run_id]["deleted"] = True
+
+    def create_run(self, experiment_id, run_name=None, tags=None):
+        run_id = f"r{len(self.runs)}"
+        self.runs[run_id] = {"experiment": experiment_id, "name": run_name, "tags": tags, "deleted": False, "metrics": [],
+                             "texts": {}, "ended": False}
+        return type("Run", (), {"info": type("Info", (), {"run_id": run_id})()})()
+
+    def log_batch(self, run_id, metrics=()):
+        assert len(metrics) <= 1000  # MLflow's limit per call
+        self.runs[run_id]["metrics"] += [(m.key, m.step, m.value) for m in metrics]
+
+    def log_text(self, run_id, text, artifact_file):
+        self.runs[run_id]["texts"][artifact_file] = text
+
+    def set_terminated(self, run_id):
+        self.runs[run_id]["ended"] = True
+
+
+def test_mlflow_sink_deletes_and_rewrites_its_run_on_resume(runs, monkeypatch):
+    import types
+    from collections import namedtuple
+
+    mlflow = types.ModuleType("mlflow")
+    mlflow.MlflowClient = StandInClient
+    entities = types.ModuleType("mlflow.entities")
+    entities.Metric = namedtuple("Metric", "key value timestamp step")
+    monkeypatch.setitem(sys.modules, "mlflow", mlflow)
+    monkeypatch.setitem(sys.modules, "mlflow.entities", entities)
+    monkeypatch.setattr(StandInClient, "experiments", {})
+    monkeypatch.setattr(StandInClient, "runs", {})
+
+    with pytest.raises(Crash):
+        grow(tiny(tracking={"mlflow": "seedbed"}), runs_dir=runs, progress=False, observers=[crash_at(25)], observe_every=1)
+    (first,) = StandInClient.runs.values()
+    assert sorted(s for k, s, _ in first["metrics"] if k == "train/loss") == list(range(1, 25)) and first["ended"]
+    grow(resume=runs / "tiny", progress=False)  # [tracking] mlflow, from the run's saved conditions
+    first, second = StandInClient.runs.values()
+    assert first["deleted"] and not second["deleted"] and second["name"] == "tiny"
+    loss = [(s, v) for k, s, v in second["metrics"] if k == "train/loss"]
+    assert loss == series(runs / "tiny", "train/loss")  # every step once, in order
+    assert "\tdone\tgrew 40 steps" in second["texts"]["seedbed/events.tsv"]

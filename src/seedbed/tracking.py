@@ -210,8 +210,8 @@ class MLflow:
 
 
 def mlflow_key(name: str) -> str:
-    """A metric name MLflow accepts (letters, digits, `_ - . / :` and spaces); anything else becomes `_`."""
-    return re.sub(r"[^\w\-. /:]", "_", name)
+    """A metric name every MLflow accepts (letters, digits, `_ - . /` and spaces); anything else becomes `_`."""
+    return re.sub(r"[^\w\-. /]", "_", name)
 
 
 # ── the mirror ───────────────────────────────────────────────────────────────
