@@ -48,6 +48,20 @@ class Grown:
             return " ".join(str(int(t)) for t in tokens)
         return self.tokenizer.decode([int(t) for t in tokens])
 
+    def _repr_html_(self) -> str:
+        """What was loaded, in a notebook: the run, the step and the model's shape (nothing is computed)."""
+        from seedbed.read import html
+
+        cfg = self.model.cfg
+        shape = (f"{cfg.n_layers} layers × {cfg.n_heads} heads, d_model {cfg.d_model}, d_head {cfg.d_head}, n_ctx {cfg.n_ctx}, "
+                 f"d_vocab {cfg.d_vocab}" + (", attention only" if cfg.attn_only else f", d_mlp {cfg.d_mlp}"))
+        soil = "a Hugging Face model folder" if self.hf else self.conditions.soil.kind + (
+            "" if self.soil is not None else " (not loaded: the saved tokenizer decodes)")
+        facts = [("run", str(self.run)), ("step", f"{self.step:,}"), ("model", shape),
+                 ("parameters", f"{sum(p.numel() for p in self.model.parameters()):,}"), ("soil", soil)]
+        note = "read_heads(g): head scores · attention_pattern(g, layer, head): a pattern · docs/read.md: the rest"
+        return html.box("Grown model" + html.at(self.run.name, self.step), html.facts(facts), note)
+
 
 def checkpoint_steps(run: str | Path) -> list[int]:
     """The steps that have a recorded checkpoint."""
