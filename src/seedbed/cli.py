@@ -237,8 +237,9 @@ def llc(
     run: Path = typer.Argument(..., help="the run folder, e.g. runs/NAME (a trial's runs: runs/TRIAL/main)"),
     calibrate: bool = typer.Option(False, "--calibrate", help="try a grid of step sizes and localizations on one checkpoint; suggest one"),
     step: Optional[int] = typer.Option(None, "--step", help="measure this checkpoint only (with --calibrate: default the newest)"),
-    step_size: float = typer.Option(1e-3, "--step-size", help="SGLD step size ε"),
-    localization: float = typer.Option(100.0, "--localization", help="SGLD localization γ: the pull back toward the checkpoint"),
+    every: Optional[int] = typer.Option(None, "--every", help="measure only the checkpoints at multiples of N steps (and the newest)"),
+    step_size: float = typer.Option(1e-4, "--step-size", help="SGLD step size ε"),
+    localization: float = typer.Option(10.0, "--localization", help="SGLD localization γ: the pull back toward the checkpoint"),
     n_beta: Optional[float] = typer.Option(None, "--n-beta", help="inverse temperature nβ (default: m / log m, m the batch size)"),
     chains: int = typer.Option(4, "--chains", help="SGLD chains per checkpoint"),
     draws: int = typer.Option(100, "--draws", help="SGLD steps averaged per chain"),
@@ -251,7 +252,10 @@ def llc(
 
     sampling = Sampling(step_size=step_size, localization=localization, n_beta=n_beta, chains=chains, draws=draws,
                         burnin=burnin, batch_size=batch_size)
-    (calibrate_command if calibrate else llc_command)(run, sampling, step, seed, console)
+    if calibrate:
+        calibrate_command(run, sampling, step, seed, console)
+    else:
+        llc_command(run, sampling, step, every, seed, console)
 
 
 @app.command()

@@ -49,7 +49,7 @@ INSTALL = "pip install 'seedbed[llc]'"
 # devinterp's calibration notebook sweeps the step size over decades and the localisation over a few values
 CALIBRATION_STEP_SIZES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 CALIBRATION_LOCALIZATIONS = (10.0, 100.0, 1000.0)
-MIN_ACCEPTANCE = 0.5  # MALA acceptance below this: the step is too large for the local curvature
+MIN_ACCEPTANCE = 0.9  # MALA acceptance below this: SGLD's discretisation visibly distorts the posterior (step too large)
 DRIFT = 0.2  # the trace's last quarter differs from the quarter before by more than this share: not yet stationary
 
 LossAt = Callable[[nn.Module, int], Tensor]  # (model, t) -> the scalar loss of batch t: deterministic in t
@@ -68,8 +68,8 @@ def sgmcmc():
 class Sampling:
     """SGLD settings. nβ None: devinterp's default, m / log m for batch size m (`default_nbeta`)."""
 
-    step_size: float = 1e-3  # ε (devinterp's lr)
-    localization: float = 100.0  # γ: the pull back toward w*
+    step_size: float = 1e-4  # ε (devinterp's lr); the defaults: `--calibrate` on the induction model (docs/llc.md)
+    localization: float = 10.0  # γ: the pull back toward w*
     n_beta: float | None = None
     chains: int = 4
     draws: int = 100  # SGLD steps whose loss is averaged
@@ -333,7 +333,12 @@ def measure_run(path: Path, sampling: Sampling, seed: int | None = None, steps: 
     run = Run.open(path)
     try:
         run.hold_lock()
-        chosen = sorted({c.step for c in run.checkpoints()} if steps is None else set(steps))
+        have = [c.step for c in run.checkpoints()]
+        chosen = sorted(have if steps is None else set(steps))
+        missing = [s for s in chosen if s not in have]
+        if missing:
+            raise SeedbedError(f"run '{path}' has no checkpoint at step {missing[0]}: give one of {', '.join(map(str, have[:12]))}"
+                               + (f", … {have[-1]}" if len(have) > 12 else ""))
         seed = run.conditions.seed if seed is None else seed
         recorded = json.dumps({**sampling.as_dict(), "seed": seed}, sort_keys=True)
         earlier = [text for _, kind, text in run.events() if kind == "llc"]
@@ -406,16 +411,24 @@ def _log_windows(run: Run) -> None:
 
 
 # ── the `seedbed llc` command ────────────────────────────────────────────────
-def llc_command(path: Path, sampling: Sampling, step: int | None, seed: int | None, console) -> None:
-    """Measure the series (or one step), print it with its transition and the reference loss's."""
+def llc_command(path: Path, sampling: Sampling, step: int | None, every: int | None, seed: int | None, console) -> None:
+    """Measure the series (or one step, or every `every` steps), print it with its transition and the reference loss's."""
     Run.check_exists(Path(path))
+    if every is not None and (every < 1 or step is not None):
+        raise SeedbedError(f"--every {every}: give 1 or more, and not with --step" if every < 1 else "give --every or --step, not both")
+    steps = None if step is None else [step]
+    if every is not None:
+        run = Run.open(path, readonly=True)
+        have = [c.step for c in run.checkpoints()]
+        run.close()
+        steps = [s for s in have if s % every == 0 or s == have[-1]]
     console.print(f"LLC of {path}: {sampling.describe()}", soft_wrap=True, markup=False)
 
     def say(s: int, e: Estimate | None) -> None:
         if e is not None:
             console.print(f"  step {s:>7,}  λ̂ {e.mean:9.3f} ± {e.std:.3f}  (L(w*) {e.init_loss:.4f}, {e.seconds:.1f}s)", markup=False)
 
-    series = measure_run(Path(path), sampling, seed, None if step is None else [step], say)
+    series = measure_run(Path(path), sampling, seed, steps, say)
     if not series:
         return
     console.print(f"series: {len(series)} checkpoints in {path}/run.sqlite as {SERIES[0]} (± {SERIES[1]})", soft_wrap=True, markup=False)
