@@ -642,6 +642,7 @@ def run_result(run_path: Path) -> dict:
             except ValueError:
                 e = None
             emergences.append(e if isinstance(e, dict) else {"step": step, "text": text})
+    _window_spans(figures, emergences)
     evidence: dict[str, Any] = {"status": status, "steps": steps}
     evidence.update({n: metrics[n][-1][1] for n in names if metrics[n]})
     return {
@@ -656,6 +657,17 @@ def run_result(run_path: Path) -> dict:
         "emergences": emergences,
         "events": [e for e in events if e[1] != "emergence"],
     }
+
+
+def _window_spans(figures: list[dict], emergences: list[dict]) -> None:
+    """Shade each detected window (an emergence logged as JSON, e.g. by `seedbed llc`) on its own series' figure,
+    and every window on the LLC's figure: the LLC is read against the transitions the other series show."""
+    windows = [e for e in emergences if isinstance(e.get("start"), (int, float)) and isinstance(e.get("end"), (int, float))]
+    for fig in figures:
+        own = [e for e in windows if fig["id"] in (slug(str(e.get("series", ""))), slug(str(e.get("series", "")).rsplit("/", 1)[0]))]
+        shown = windows if fig["id"] == "watch-llc" else own
+        if shown:
+            fig["spans"] = [{"from": e["start"], "to": e["end"], "label": str(e.get("label") or e.get("series"))} for e in shown]
 
 
 # ── writing ──────────────────────────────────────────────────────────────────
