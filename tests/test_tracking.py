@@ -150,6 +150,7 @@ class Broken:
         pass
 
 
+@pytest.mark.slow
 def test_sinks_leave_the_weights_bit_identical_and_a_failing_one_stops_nothing(tmp_path):
     plain = grow(tiny(architecture={"dropout": 0.1}), runs_dir=tmp_path / "plain", progress=False)
     mirrored = grow(tiny(architecture={"dropout": 0.1}, tracking={"tensorboard": "tb"}), runs_dir=tmp_path / "mirrored",

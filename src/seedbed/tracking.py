@@ -86,6 +86,7 @@ class TensorBoard:
         from tensorboard.compat.proto import event_pb2
         from tensorboard.summary.writer.record_writer import RecordWriter
 
+        self.close()  # a file of an earlier begin
         folder = self._make_folder(run)
         self.label = f"TensorBoard ({folder})"
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_numbers)}"
