@@ -181,6 +181,7 @@ def test_watch_a_series_of_three_checkpoints(tmp_path):
     assert stored == pytest.approx(first["watch/induction/L1H2"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_read_cli_on_a_folder(tmp_path):
     folder = gpt2_folder(tmp_path / "step500")
     proc = cli("read", str(folder), "--out", "pics", cwd=tmp_path)
@@ -190,15 +191,18 @@ def test_read_cli_on_a_folder(tmp_path):
 
 
 # ── bad input: one line, exit 2 ─────────────────────────────────────────────
+@pytest.mark.slow
 def test_a_folder_that_is_no_model(tmp_path):
     (tmp_path / "empty").mkdir()
     one_line_error(cli("read", "empty", cwd=tmp_path), "empty")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "config.json").write_text("{not json")
-    one_line_error(cli("read", "junk", cwd=tmp_path), "not valid JSON")
+    with pytest.raises(SeedbedError, match="not valid JSON"):
+        load(tmp_path / "junk")
     folder = gpt2_folder(tmp_path / "noweights")
     (folder / "model.safetensors").unlink()
-    one_line_error(cli("read", "noweights", cwd=tmp_path), "no model.safetensors")
+    with pytest.raises(SeedbedError, match="no model.safetensors"):
+        load(folder)
 
 
 def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
@@ -225,6 +229,7 @@ def test_remote_code_and_links_are_refused(tmp_path):
         load(folder)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind, words",
     [("neox", ["'gpt_neox'", "rotary position embeddings", "parallel attention"]),
@@ -243,6 +248,7 @@ def test_unsupported_architectures_are_one_line(tmp_path, kind, words):
     one_line_error(cli("read", "m", cwd=tmp_path), *words)
 
 
+@pytest.mark.slow
 def test_a_series_needs_two_checkpoints(tmp_path):
     gpt2_folder(tmp_path / "series" / "step1000")
     one_line_error(cli("watch", "series", cwd=tmp_path), "at least 2 checkpoints")
