@@ -70,6 +70,23 @@ def test_a_run_on_disk_has_everything(runs):
         assert f.name.startswith("step-") and not f.name.endswith(".tmp")
 
 
+def test_checkpoint_metadata_is_written_in_sorted_order():
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    from seedbed.checkpoint import safetensors_metadata, sorted_metadata
+
+    tensors = {"b": torch.arange(6.0).view(2, 3), "a": torch.ones(5, dtype=torch.int64)}
+    meta = {f"k{i}": str(i * 7) for i in range(12)}  # a hash map's order: sorted only by chance
+    raw = st_save(tensors, metadata=meta)
+    out = sorted_metadata(raw)
+    assert len(out) == len(raw)
+    assert list(safetensors_metadata(out)) == sorted(meta)
+    assert safetensors_metadata(out) == meta
+    assert all(torch.equal(st_load(out)[k], v) for k, v in tensors.items())
+    assert sorted_metadata(out) == out
+
+
 def test_same_conditions_same_seed_same_weights_bit_for_bit(tmp_path):
     for arch in ({"attn_only": True}, {"attn_only": False, "dropout": 0.1}):
         a = tmp_path / f"a{len(arch)}"
@@ -223,6 +240,10 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming victim from step {killed_at}" in resumed.stdout
     assert_same_weights(final_weights(path), final_weights(tmp_path / "runs" / "ref"))
+    # grown from scratch in two processes, a checkpoint written before the kill is the same file, byte for byte
+    # (the metadata's key order included: safetensors writes it from a hash map)
+    early = "step-000100.safetensors"
+    assert (path / "checkpoints" / early).read_bytes() == (tmp_path / "runs" / "ref" / "checkpoints" / early).read_bytes()
     steps = [s for s, _ in Run.open(path, readonly=True).metric("train/loss")]
     assert steps == list(range(1, 401))  # no step logged twice, none missing
 

@@ -59,7 +59,26 @@ def encode(model: nn.Module, step: int, tokens_seen: int, state: dict[str, Any])
     torch.save(state, buf)
     state_bytes = buf.getvalue()
     meta = {"step": str(step), "tokens_seen": str(tokens_seen), "state_sha256": hashlib.sha256(state_bytes).hexdigest()}
-    return Encoded(step, tokens_seen, st_save(weights_of(model), metadata=meta), state_bytes)
+    return Encoded(step, tokens_seen, sorted_metadata(st_save(weights_of(model), metadata=meta)), state_bytes)
+
+
+def sorted_metadata(data: bytes) -> bytes:
+    """The same safetensors file with its `__metadata__` keys in sorted order.
+
+    safetensors writes metadata from a hash map, so its key order (and the file's bytes) changes from one
+    process to the next; sorted, the same weights give the same file, byte for byte. Only the order moves,
+    so the header keeps its length and the tensors their offsets.
+    """
+    n = int.from_bytes(data[:8], "little")
+    raw = data[8 : 8 + n]
+    header = json.loads(raw)
+    if not isinstance(header.get("__metadata__"), dict):
+        return data
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    new = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(new) > n or new != new.strip():
+        return data  # not the layout this expects: keep the library's bytes
+    return data[:8] + new.ljust(n, b" ") + data[8 + n :]
 
 
 def write(run: Run, enc: Encoded) -> CheckpointRecord:
