@@ -44,7 +44,7 @@ from seedbed import conditions as conditions_module
 from seedbed.conditions import Conditions
 from seedbed.errors import SeedbedError
 from seedbed.files import write_atomic
-from seedbed.threads import available_cores, threads_for
+from seedbed.threads import available_cores, use_threads
 
 Say = Callable[[str], None]
 RAY_INSTALL = "pip install 'seedbed[ray]'"
@@ -113,9 +113,8 @@ def _in_pool(jobs: list[Job], workers: int, top: Path, say: Say, again: str) -> 
     from seedbed.grow import Interrupted
 
     say(f"growing {len(jobs)} runs in {workers} processes: {', '.join(j.label for j in jobs)}")
-    threads = threads_for(workers)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    running = {pool.submit(_in_worker, j.grow, j.args, threads, str(top)): j.label for j in jobs}
+    running = {pool.submit(_in_worker, j.grow, j.args, workers, str(top)): j.label for j in jobs}
 
     def terminated(signum, frame):
         raise _Terminated
@@ -142,16 +141,14 @@ def _in_pool(jobs: list[Job], workers: int, top: Path, say: Say, again: str) -> 
     pool.shutdown()
 
 
-def _in_worker(grow: Callable[..., None], args: tuple, threads: int, top: str) -> None:
-    """One job in a pool process: its threads set, unless the pool is stopping."""
-    import torch
-
+def _in_worker(grow: Callable[..., None], args: tuple, workers: int, top: str) -> None:
+    """One job in a pool process, with its share of the cores (at most OMP_NUM_THREADS), unless the pool is stopping."""
     from seedbed.grow import Interrupted
 
     global _stopped
     if _stopped or (Path(top) / STOPPING).exists():
         return
-    torch.set_num_threads(threads)
+    use_threads(workers)
     try:
         grow(*args)
     except (Interrupted, KeyboardInterrupt):
@@ -304,8 +301,7 @@ def grow_or_resume(cond: Conditions, folder: Path, name: str, say: Say, **growin
     if diverged is not None or done >= saved.schedule.steps:
         say(f"already grown: {path} ({'diverged' if diverged is not None else f'{done:,} steps'})")
         return
-    say(f"resuming {path} from step {done:,}")
-    grow(resume=path, **growing)
+    grow(resume=path, **growing)  # it says from which step
 
 
 def differences(asked: Conditions, saved: Conditions) -> str:
