@@ -219,7 +219,7 @@ def test_the_example_notebook_runs_and_shows_what_it_says(tmp_path):
                                                   "display_name": "seedbed test", "language": "python"}))
     km = KernelManager(kernel_name="seedbed-test", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")]))
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    nbclient.NotebookClient(nb, km=km, timeout=240, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbclient.NotebookClient(nb, km=km, timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
 
     outputs = [(c["source"], o) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for _, o in outputs if o["output_type"] == "error"]
