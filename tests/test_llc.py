@@ -185,6 +185,7 @@ def test_cli_llc_writes_the_series_into_the_run_and_leaves_the_weights(tmp_path)
     "args, says",
     [
         (["runs/nothing"], "not a run folder"),
+        (["trial"], "is a trial's folder: give one of its runs, e.g. trial/main"),
         (["runs/tiny", "--step-size", "-1"], "--step-size -1"),
         (["runs/tiny", "--chains", "0"], "--chains 0"),
         (["runs/tiny", "--n-beta", "nan"], "--n-beta nan"),
@@ -194,6 +195,8 @@ def test_cli_llc_writes_the_series_into_the_run_and_leaves_the_weights(tmp_path)
 )
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, says):
     grow(tiny(), runs_dir=tmp_path / "runs", name="tiny", progress=False)
+    (tmp_path / "trial").mkdir()
+    (tmp_path / "trial" / "trial.json").write_text("{}")
     done = cli("llc", *FAST, *args, cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and says in done.stderr, done.stderr
     assert "Traceback" not in done.stderr

@@ -411,9 +411,17 @@ def _log_windows(run: Run) -> None:
 
 
 # ── the `seedbed llc` command ────────────────────────────────────────────────
+def check_run_folder(path: Path) -> None:
+    """A run folder, or one line; a trial's folder is pointed to the runs inside it."""
+    if (path / "trial.json").is_file() and not (path / "run.sqlite").exists():
+        runs = sorted(p.name for p in path.iterdir() if (p / "run.sqlite").is_file())
+        raise SeedbedError(f"'{path}' is a trial's folder: give one of its runs, e.g. {path / (runs[0] if runs else 'main')}")
+    Run.check_exists(path)
+
+
 def llc_command(path: Path, sampling: Sampling, step: int | None, every: int | None, seed: int | None, console) -> None:
     """Measure the series (or one step, or every `every` steps), print it with its transition and the reference loss's."""
-    Run.check_exists(Path(path))
+    check_run_folder(Path(path))
     if every is not None and (every < 1 or step is not None):
         raise SeedbedError(f"--every {every}: give 1 or more, and not with --step" if every < 1 else "give --every or --step, not both")
     steps = None if step is None else [step]
@@ -450,6 +458,7 @@ def calibrate_command(path: Path, base: Sampling, step: int | None, seed: int | 
     from seedbed.read.load import load
 
     sgmcmc()
+    check_run_folder(Path(path))
     grown = load(path, step)
     if grown.soil is None:
         raise SeedbedError(f"the soil of '{path}' is not on this machine (its text corpus): the LLC needs its batches")
