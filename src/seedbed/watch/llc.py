@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from seedbed.conditions import Conditions
 from seedbed.errors import SeedbedError
+from seedbed.model import evaluating
 from seedbed.run import Run
 from seedbed.soil import Batch, SoilBase, generator
 from seedbed.watch.emergence import Emergence, transition
@@ -123,14 +124,14 @@ class Estimate:
 def estimate(model: nn.Module, loss_at: LossAt, sampling: Sampling, seed: int, diagnose: bool = False) -> Estimate:
     """λ̂ of `model` at its current weights. The model itself is never changed (the chains run on copies).
 
-    `diagnose` also measures each chain's MALA acceptance rate (from consecutive SGLD steps, as
-    devinterp's old `MalaAcceptanceRate` callback did) and how far it wandered from w*.
+    `diagnose` also measures each chain's MALA acceptance rate (devinterp 0.x had it as a callback,
+    `MalaAcceptanceRate`; here both ends of each move are evaluated on the same batch) and how far the
+    chain wandered from w*.
     """
     t0 = time.perf_counter()
     drawn = range(sampling.burnin, sampling.burnin + sampling.draws)
-    with torch.no_grad():
-        frozen = _copy(model)
-        at_init = torch.stack([loss_at(frozen, t).detach().double() for t in drawn])  # L_t(w*)
+    with torch.no_grad(), evaluating(model):
+        at_init = torch.stack([loss_at(model, t).double() for t in drawn])  # L_t(w*)
     traces, acceptance, distance = [], [], []
     for chain in range(sampling.chains):
         noise = generator(seed, LLC_STREAM, chain)
