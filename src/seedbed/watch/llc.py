@@ -440,7 +440,7 @@ def llc_command(path: Path, sampling: Sampling, step: int | None, every: int | N
     series = measure_run(Path(path), sampling, seed, steps, say)
     if not series:
         return
-    console.print(f"series: {len(series)} checkpoints in {path}/run.sqlite as {SERIES[0]} (± {SERIES[1]})", soft_wrap=True, markup=False)
+    console.print(f"series: {len(series)} checkpoint{'' if len(series) == 1 else 's'} in {path}/run.sqlite as {SERIES[0]} (± {SERIES[1]})", soft_wrap=True, markup=False)
     run = Run.open(path, readonly=True)
     try:
         found = {e.series: e for e in windows(run)}
