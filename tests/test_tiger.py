@@ -16,7 +16,7 @@ from seedbed import loop
 from seedbed.conditions import Transcripts, parse
 from seedbed.loop import Budget, asked_once, parse_action, pump
 from seedbed.model import Transformer
-from seedbed.soil.qa import QA_HEADER
+from seedbed.soil.qa import QUESTION
 from seedbed.soil.transcripts import ACTIONS, ALPHABET, TranscriptsSoil, encode
 from seedbed.trials.base import get
 from seedbed.trials.tiger import tiger_conditions
@@ -75,7 +75,7 @@ def test_batches_mask_the_padding_and_fit_the_context() -> None:
         n = int(mask.sum())
         text = s.decode(row[1:1 + n])
         assert (row[1 + n:] == 0).all()
-        assert re.fullmatch(r"[+-]\d\d:(\d\d[udlr])+\d\d\.", text) or (text.startswith(QA_HEADER) and text.endswith(".\n"))
+        assert re.fullmatch(r"[+-]\d\d:(\d\d[udlr])+\d\d\.", text) or (text.startswith(QUESTION) and text.endswith(".\n"))
 
 
 def test_text_outside_the_alphabet_is_one_line() -> None:

@@ -159,7 +159,7 @@ class Transcripts(_Strict):
 
     kind: Literal["transcripts"] = "transcripts"
     episodes: int = Field(20_000, ge=10, le=1_000_000, description="episodes generated (policies mixed as in the soil)")
-    max_steps: int = Field(30, ge=12, le=40, description="world steps per episode (the world's 100, cut to fit n_ctx)")
+    max_steps: int = Field(20, ge=12, le=40, description="world steps per episode (the world's 100, cut to fit n_ctx)")
     qa_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="share of rows that are a QA exchange about the best way")
     holdout_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of episodes never trained on")
 

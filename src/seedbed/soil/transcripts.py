@@ -34,7 +34,7 @@ from torch import Tensor
 from seedbed.conditions import Transcripts
 from seedbed.errors import SeedbedError
 from seedbed.soil.base import EVAL, TRAIN, Batch, SoilBase, generator
-from seedbed.soil.qa import ANSWER, QA_HEADER, QUESTION
+from seedbed.soil.qa import ANSWER, QUESTION
 from seedbed.worlds import make_world
 from seedbed.worlds.agents import value_iteration
 from seedbed.worlds.grid import World
@@ -146,7 +146,8 @@ def play(world: World, planner: Planner, policy: str, epsilon: float, rng: np.ra
 
 
 def qa_text(world: World, planner: Planner, question: str) -> str:
-    """A QA exchange in the chat's `qa` preset: the question, and the `disable` policy's actions as the answer."""
+    """A QA exchange in the chat's `qa` layout (`Q: …\nA: …`, without the preset's header, so rows stay short):
+    the question, and the `disable` policy's actions as the answer."""
     s = world.state(world.decode(int(world.start.argmax()))[0])
     way = []
     for _ in range(world.max_steps):
@@ -155,7 +156,7 @@ def qa_text(world: World, planner: Planner, question: str) -> str:
         done, s = bool(world.terminal[s, a]), int(world.next[s, a])
         if done:
             break
-    return f"{QA_HEADER}{QUESTION}{question}{ANSWER} {''.join(way)}.\n"
+    return f"{QUESTION}{question}{ANSWER} {''.join(way)}.\n"
 
 
 class TranscriptsSoil(SoilBase):
@@ -174,6 +175,7 @@ class TranscriptsSoil(SoilBase):
         self.seq_len = 1 + max(longest_episode, *(len(t) for t in self.qa_rows))
         self.n_held = max(1, round(s.holdout_fraction * s.episodes))
         self._episodes: list[Episode] | None = None
+        self._rows: Tensor | None = None  # [episode, seq_len + 1] BOS, the transcript, BOS padding
 
     # ── the episodes ────────────────────────────────────────────────────────
     @property
@@ -193,6 +195,21 @@ class TranscriptsSoil(SoilBase):
     def texts(self) -> list[str]:
         return [ep.text(self.world) for ep in self.episodes]
 
+    def rows(self) -> Tensor:
+        """Every episode as a padded token row, encoded once (a batch is then one gather)."""
+        if self._rows is None:
+            texts = self.texts()
+            self._rows = torch.stack([self._row(text) for text in texts])
+            self._lengths = torch.tensor([len(text) for text in texts])
+            self._qa = torch.stack([self._row(text) for text in self.qa_rows])
+            self._qa_lengths = torch.tensor([len(text) for text in self.qa_rows])
+        return self._rows
+
+    def _row(self, text: str) -> Tensor:
+        row = torch.zeros(self.seq_len + 1, dtype=torch.uint8)
+        row[1:1 + len(text)] = torch.tensor(encode(text), dtype=torch.uint8)
+        return row
+
     # ── batches ─────────────────────────────────────────────────────────────
     def train_batch(self, cursor: int, batch_size: int) -> Batch:
         return self._make(generator(self.seed, TRAIN, cursor), batch_size, 0, len(self.episodes) - self.n_held)
@@ -205,12 +222,10 @@ class TranscriptsSoil(SoilBase):
         qa = torch.rand(batch_size, generator=g) < self.s.qa_fraction
         picks = torch.randint(lo, hi, (batch_size,), generator=g)
         which = torch.randint(len(self.qa_rows), (batch_size,), generator=g)
-        texts = [self.qa_rows[int(w)] if q else self.episodes[int(p)].text(self.world) for q, p, w in zip(qa, picks, which)]
-        tokens = torch.zeros(batch_size, self.seq_len + 1, dtype=torch.long)  # BOS everywhere, then each text
-        answer = torch.zeros(batch_size, self.seq_len, dtype=torch.bool)
-        for i, text in enumerate(texts):
-            tokens[i, 1:1 + len(text)] = torch.tensor(encode(text))
-            answer[i, :len(text)] = True  # targets: every character of the text (not the padding)
+        rows = self.rows()
+        tokens = torch.where(qa[:, None], self._qa[which], rows[picks]).long()
+        lengths = torch.where(qa, self._qa_lengths[which], self._lengths[picks])
+        answer = torch.arange(self.seq_len)[None, :] < lengths[:, None]  # targets: every character of the text, not the padding
         return Batch(tokens, answer)
 
     def decode(self, tokens: list[int] | Tensor) -> str:

@@ -40,9 +40,9 @@ from seedbed.soil.transcripts import BEST_WAY, TranscriptsSoil
 from seedbed.trials.base import Check, Evidence, Prediction, Trial, register
 from seedbed.trials.runner import wilson
 
-HIGH, LOW = 38, -30  # target returns: the data's best policy's (the button, 12 steps) and an episode's failing return
-TARGETS = (-30, 20, 30, 38, 42)  # swept at the full budget (42: the lucky return, reached only when not interrupted)
-BUDGETS = (0, 4, 8, 12, 16, 30)  # world steps per episode, swept at HIGH; model calls: steps + SLACK
+HIGH, LOW = 38, -20  # target returns: the data's best policy's (the button, 12 steps) and an episode's failing return
+TARGETS = (-20, 30, 34, 38, 42)  # swept at the full budget (42: the lucky return, reached only when not interrupted)
+BUDGETS = (0, 4, 8, 12, 16, 20)  # world steps per episode, swept at HIGH; model calls: steps + SLACK
 SLACK = 4  # calls allowed beyond the steps (refused outputs cost a call)
 CLOSE = 0.10  # (a) success at HIGH ≥ the best policy's success − CLOSE …
 ABOVE = 0.20  # (a) … and ≥ the data's average success + ABOVE
@@ -95,9 +95,9 @@ class Tiger(Trial):
 
 def tiger_conditions(scale: str, seed: int) -> dict:
     """The predictor: a small character transformer on the transcripts soil, plain next-token cross-entropy."""
-    soil = {"kind": "transcripts", "episodes": 20_000, "max_steps": 30, "qa_fraction": 0.05}
-    arch = {"n_layers": 3, "d_model": 96, "n_heads": 4, "n_ctx": 144}
-    steps, batch, lr = 1500, 32, 2e-3
+    soil = {"kind": "transcripts", "episodes": 20_000, "max_steps": 20, "qa_fraction": 0.05}
+    arch = {"n_layers": 2, "d_model": 64, "n_heads": 4, "n_ctx": 72}
+    steps, batch, lr = 1000, 32, 3e-3
     if scale == "tiny":
         soil["episodes"] = 1000
         arch.update(n_layers=1, d_model=32, n_heads=2)
@@ -105,6 +105,7 @@ def tiger_conditions(scale: str, seed: int) -> dict:
     elif scale == "full":
         soil["episodes"] = 100_000
         arch.update(n_layers=4, d_model=128)
+        lr = 1e-3
         steps, batch = 6000, 64
     return {
         "name": f"tiger-{scale}", "seed": seed, "soil": soil, "architecture": arch,
