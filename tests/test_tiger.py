@@ -144,7 +144,7 @@ def test_model_output_that_is_code_runs_nothing(monkeypatch, tmp_path: Path) -> 
     p = pump(None, s.world, 38, Budget(30, 40), 1, seed=0, subquery=True)
     assert not marker.exists() and ran == []
     assert all(c.outcome.startswith(("refused", "acted", "asked", "answered")) for c in p.log)
-    answer, e, call = asked_once(None, s.world, "whats a better way?")
+    _, e, _ = asked_once(None, s.world, "whats a better way?")
     assert e.steps == 0 and not e.success and not marker.exists() and ran == []
 
 
