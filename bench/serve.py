@@ -94,21 +94,29 @@ def stop(proc: subprocess.Popen) -> str:
     return out
 
 
-def watched(cond: Path, runs: Path, name: str) -> tuple[float, float, int]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def watched(cond: Path, runs: Path, name: str) -> tuple[float, float, int, float]:
+    """(wall, tokens/s, events streamed, CPU seconds the server and client used while the run grew)."""
     server = start([sys.executable, "-m", "seedbed", "serve", str(runs), "--port", "0"])
     try:
         line = server.stdout.readline()
         port = int(re.search(r":(\d+)/", line).group(1))
         client = start([sys.executable, "-c", CLIENT, str(port), name])
         try:
-            time.sleep(2)  # the client is connected and following before growth starts
+            time.sleep(5)  # the server has imported everything and the client follows before growth starts
+            before = cpu_seconds(server.pid) + cpu_seconds(client.pid)
             wall, rate = grow(cond, runs, name)
-            time.sleep(1)
+            spent = cpu_seconds(server.pid) + cpu_seconds(client.pid) - before
         finally:
             events = int(stop(client).strip() or 0)
     finally:
         stop(server)
-    return wall, rate, events
+    return wall, rate, events, spent
 
 
 def main() -> None:
@@ -125,9 +133,10 @@ def main() -> None:
         for i in range(args.repeats):  # interleaved, so drifting load hits both alike
             bare.append(grow(cond, runs, f"bare-{i}"))
             say(f"pair {i}: bare    {bare[-1][0]:6.1f} s  {bare[-1][1]:9,.0f} tokens/s   (load {load()})")
-            wall, rate, events = watched(cond, runs, f"watched-{i}")
+            wall, rate, events, spent = watched(cond, runs, f"watched-{i}")
             seen.append((wall, rate))
-            say(f"pair {i}: watched {wall:6.1f} s  {rate:9,.0f} tokens/s   {events} events streamed (load {load()})")
+            say(f"pair {i}: watched {wall:6.1f} s  {rate:9,.0f} tokens/s   {events} events streamed; server + client used "
+                f"{spent:.2f} CPU s = {spent / wall:.1%} of one core (load {load()})")
     wall_ratio = statistics.median(w for w, _ in seen) / statistics.median(w for w, _ in bare)
     rate_ratio = statistics.median(r for _, r in bare) / statistics.median(r for _, r in seen)
     say(f"watched / bare, medians: wall time {wall_ratio:.3f}; training speed cost {rate_ratio:.3f} "
