@@ -9,6 +9,7 @@ and anything that cannot be read becomes a `problem` line on the page instead of
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -175,8 +176,7 @@ def run_row(root: Path, path: Path) -> dict:
         row["loss"] = number(run.last_metric("train/loss"))
         parent = run.parent()
         row["parent"] = None if parent is None else str(parent)
-        cond = run.conditions
-        row["soil"], row["total"], row["params"] = cond.soil.kind, cond.schedule.steps, _params(cond)
+        row["soil"], row["total"], row["params"] = _described(path, _file_key(path / "conditions.toml"))
     except UNREADABLE as err:
         row["problem"] = _line(err)
     finally:
@@ -184,13 +184,25 @@ def run_row(root: Path, path: Path) -> dict:
     return row
 
 
-def _params(cond) -> int:
+def _file_key(f: Path) -> tuple | None:
+    try:
+        st = os.lstat(f)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+@functools.lru_cache(maxsize=1024)
+def _described(path: Path, key: tuple | None) -> tuple[str, int, int]:
+    """Soil, steps and parameters from a run's conditions, parsed once per version of the file (`key`: its stat), as parsing is slow."""
     import torch
 
+    from seedbed import conditions as conditions_module
     from seedbed.model import Transformer
 
+    cond = conditions_module.load(path / "conditions.toml", purpose="read")
     with torch.device("meta"):  # shapes only
-        return Transformer(cond.architecture).n_params()
+        return cond.soil.kind, cond.schedule.steps, Transformer(cond.architecture).n_params()
 
 
 def _line(err: BaseException) -> str:
