@@ -240,10 +240,10 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming victim from step {killed_at}" in resumed.stdout
     assert_same_weights(final_weights(path), final_weights(tmp_path / "runs" / "ref"))
-    # grown from scratch in two processes, a checkpoint written before the kill is the same file, byte for byte
-    # (the metadata's key order included: safetensors writes it from a hash map)
-    early = "step-000100.safetensors"
-    assert (path / "checkpoints" / early).read_bytes() == (tmp_path / "runs" / "ref" / "checkpoints" / early).read_bytes()
+    # the same files, byte for byte, as the run grown without a kill: weights, metadata (whose key order
+    # safetensors takes from a hash map) and the state file (whose pickle must not depend on the resume)
+    for name in ("step-000100.safetensors", "step-000400.safetensors", "step-000400.state.pt"):
+        assert (path / "checkpoints" / name).read_bytes() == (tmp_path / "runs" / "ref" / "checkpoints" / name).read_bytes(), name
     steps = [s for s, _ in Run.open(path, readonly=True).metric("train/loss")]
     assert steps == list(range(1, 401))  # no step logged twice, none missing
 

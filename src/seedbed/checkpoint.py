@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,29 @@ class Encoded:
 
 def encode(model: nn.Module, step: int, tokens_seen: int, state: dict[str, Any]) -> Encoded:
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save(interned(state), buf)
     state_bytes = buf.getvalue()
     meta = {"step": str(step), "tokens_seen": str(tokens_seen), "state_sha256": hashlib.sha256(state_bytes).hexdigest()}
     return Encoded(step, tokens_seen, sorted_metadata(st_save(weights_of(model), metadata=meta)), state_bytes)
+
+
+def interned(obj: Any) -> Any:
+    """`obj` with every string interned, so the state file's bytes depend on its values alone.
+
+    Pickle writes a string once and refers back to it when the same object comes again. A state restored
+    from a checkpoint holds its own copies of strings such as 'step', a fresh one holds the interned
+    literals: the same values would be written as different bytes, and the recorded sha256 would change
+    after every resume.
+    """
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        return {interned(k): interned(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [interned(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(interned(v) for v in obj)
+    return obj
 
 
 def sorted_metadata(data: bytes) -> bytes:
