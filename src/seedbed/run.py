@@ -21,7 +21,7 @@ import sqlite3
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -493,7 +493,15 @@ def list_runs(runs_dir: str | Path, depth: int = 3) -> list[Path]:
     """Run folders under `runs_dir`, sorted by path: plain runs, and the runs inside trial folders
     (`NAME/main`, `NAME/seed-3/control`, …) down to `depth` levels. Hidden folders (runs being
     created or removed) and symbolic links are not entered."""
-    root = Path(runs_dir)
+    return find_folders(Path(runs_dir), depth, lambda folder: (folder / "run.sqlite").is_file(), enter_found=False)
+
+
+def find_folders(root: Path, depth: int, wanted: Callable[[Path], bool], enter_found: bool) -> list[Path]:
+    """The folders under `root`, down to `depth` levels, for which `wanted` holds, sorted by path.
+
+    Hidden folders and symbolic links are never entered (a shared runs folder must not lead outside
+    itself); with `enter_found`, a wanted folder is searched too (a trial folder holds runs).
+    """
     found: list[Path] = []
 
     def walk(folder: Path, left: int) -> None:
@@ -504,9 +512,10 @@ def list_runs(runs_dir: str | Path, depth: int = 3) -> list[Path]:
         for child in children:
             if child.name.startswith(".") or child.is_symlink() or not child.is_dir():
                 continue
-            if (child / "run.sqlite").is_file():
+            hit = wanted(child)
+            if hit:
                 found.append(child)
-            elif left > 1:
+            if left > 1 and (enter_found or not hit):
                 walk(child, left - 1)
 
     if root.is_dir():

@@ -21,7 +21,15 @@ from typing import Any
 
 from seedbed import contained
 from seedbed.errors import SeedbedError
-from seedbed.run import LIFE_EVENTS, NAME_OK, CheckpointRecord, Run, RunLock, list_runs
+from seedbed.run import (
+    LIFE_EVENTS,
+    NAME_OK,
+    CheckpointRecord,
+    Run,
+    RunLock,
+    find_folders,
+    list_runs,
+)
 
 MAX_POINTS = 4000  # per series in a snapshot: a browser draws this many at once without strain
 REPORT_MAX_BYTES = 64 * 2**20
@@ -257,22 +265,7 @@ def _report_of(root: Path, path: Path) -> str | None:
 def trials(root: Path, depth: int = 3) -> list[dict]:
     """Every trial folder under the runs folder (one `seedbed trial` wrote), with its verdict and report.
     Like `list_runs`: links and hidden folders are not entered."""
-    found: list[Path] = []
-
-    def walk(folder: Path, left: int) -> None:
-        try:
-            children = sorted(folder.iterdir())
-        except OSError:
-            return
-        for child in children:
-            if child.name.startswith(".") or child.is_symlink() or not child.is_dir():
-                continue
-            if any(os.path.lexists(child / f) for f in TRIAL_FILES):
-                found.append(child)
-            if left > 1:
-                walk(child, left - 1)
-
-    walk(root, depth)
+    found = find_folders(root, depth, lambda child: any(os.path.lexists(child / f) for f in TRIAL_FILES), enter_found=True)
     out = []
     for folder in found:
         rel = folder.relative_to(root).as_posix()
