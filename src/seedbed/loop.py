@@ -30,7 +30,16 @@ from seedbed.chat import looks_like_code, preset_named
 from seedbed.errors import SeedbedError
 from seedbed.model import Transformer
 from seedbed.sample import sample
-from seedbed.soil.transcripts import ACTIONS, ALPHABET, BOS, END, decode, encode, observation, return_text
+from seedbed.soil.transcripts import (
+    ACTIONS,
+    ALPHABET,
+    BOS,
+    END,
+    decode,
+    encode,
+    observation,
+    return_text,
+)
 from seedbed.worlds.grid import World
 
 ASK = "?"  # an output starting with this asks the model a sub-query (the second harness only)
