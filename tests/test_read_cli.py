@@ -50,7 +50,7 @@ def test_read_at_a_step_without_checkpoint_lists_the_steps(run: Path, tmp_path: 
 
 def test_read_of_something_that_is_not_a_run(tmp_path: Path) -> None:
     r = cli("read", str(tmp_path), cwd=tmp_path)
-    assert r.returncode == 2 and "not a run folder" in r.stderr and r.stderr.count("\n") == 1
+    assert r.returncode == 2 and "neither a run folder" in r.stderr and "Hugging Face" in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_read_on_a_context_too_short_for_the_scores(tmp_path: Path) -> None:

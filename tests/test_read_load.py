@@ -91,7 +91,7 @@ def test_corrupt_checkpoint_is_refused_in_one_line(grown: Path, tmp_path: Path) 
 
 
 def test_not_a_run_folder(tmp_path: Path) -> None:
-    with pytest.raises(SeedbedError, match="not a run folder"):
+    with pytest.raises(SeedbedError, match="neither a run folder .* nor a Hugging Face model folder"):
         load(tmp_path)
 
 

@@ -84,6 +84,9 @@ def load(run: str | Path, step: int | None = None, device: str | torch.device = 
     path = Path(run)
     if is_hf_folder(path):
         return _load_hf(path, step, device)
+    if path.is_dir() and not (path / "run.sqlite").exists() and not (path / "conditions.toml").exists():
+        raise SeedbedError(f"'{path}' is neither a run folder (run.sqlite) nor a Hugging Face model folder (config.json): "
+                           "give runs/<name> (seedbed runs lists them) or a folder saved with save_pretrained")
     r = Run.open(path, readonly=True)
     try:
         records, conditions, artifacts = r.checkpoints(), r.conditions, r.artifacts
