@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import atexit
 import copy
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -63,3 +65,24 @@ def cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) ->
 @pytest.fixture
 def runs(tmp_path: Path) -> Path:
     return tmp_path / "runs"
+
+
+RUNS_PROGRAMS = {"subprocess", "pty", "multiprocessing", "runpy", "code", "ctypes", "importlib", "webbrowser",
+                 "socket", "urllib", "http", "requests", "shutil", "pickle"}
+
+
+def assert_runs_no_programs(source: Path, also_banned: set[str] = frozenset()) -> None:
+    """The module at `source` imports nothing that runs programs, evaluates text or reaches the network, and calls
+    no function that would: what a model writes must stay text (chat, the tiger's loop)."""
+    banned_modules = RUNS_PROGRAMS | set(also_banned)
+    banned_builtins = {"eval", "exec", "compile", "__import__", "open", "breakpoint"}
+    programs = r"(system|popen|startfile|fork|forkpty|exec[lv]?p?e?|spawn\w*|posix_spawn\w*|call|check_output|run)$"
+    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            assert not {a.name.split(".")[0] for a in node.names} & banned_modules, ast.unparse(node)
+        if isinstance(node, ast.ImportFrom):
+            assert (node.module or "").split(".")[0] not in banned_modules, ast.unparse(node)
+        if isinstance(node, ast.Call):
+            f = node.func
+            assert not (isinstance(f, ast.Name) and f.id in banned_builtins), ast.unparse(node)
+            assert not (isinstance(f, ast.Attribute) and re.match(programs, f.attr)), ast.unparse(node)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -20,6 +19,8 @@ from seedbed.soil.qa import QUESTION
 from seedbed.soil.transcripts import ACTIONS, ALPHABET, TranscriptsSoil, encode
 from seedbed.trials.base import get
 from seedbed.trials.tiger import tiger_conditions
+
+from conftest import assert_runs_no_programs
 
 
 def soil(seed: int = 0, episodes: int = 200) -> TranscriptsSoil:
@@ -164,20 +165,7 @@ def test_pumping_a_real_model_is_deterministic() -> None:
 
 
 def test_the_loop_imports_nothing_that_runs_programs() -> None:
-    tree = ast.parse(Path(loop.__file__).read_text(encoding="utf-8"))
-    banned_modules = {"subprocess", "pty", "multiprocessing", "runpy", "code", "ctypes", "importlib", "webbrowser",
-                      "socket", "urllib", "http", "requests", "shutil", "pickle", "os"}
-    banned_builtins = {"eval", "exec", "compile", "__import__", "open", "breakpoint"}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            assert not {a.name.split(".")[0] for a in node.names} & banned_modules, ast.unparse(node)
-        if isinstance(node, ast.ImportFrom):
-            assert (node.module or "").split(".")[0] not in banned_modules, ast.unparse(node)
-        if isinstance(node, ast.Call):
-            f = node.func
-            assert not (isinstance(f, ast.Name) and f.id in banned_builtins), ast.unparse(node)
-            programs = r"(system|popen|startfile|fork|forkpty|exec[lv]p?e?|spawn\w*|posix_spawn\w*|call|check_output|run)$"
-            assert not (isinstance(f, ast.Attribute) and re.match(programs, f.attr)), ast.unparse(node)
+    assert_runs_no_programs(Path(loop.__file__), also_banned={"os"})
 
 
 def test_budget_must_not_be_negative() -> None:
