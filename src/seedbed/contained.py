@@ -15,12 +15,14 @@ should be. The rule, kept here in one place:
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from seedbed.errors import SeedbedError
 
@@ -85,6 +87,19 @@ def open_regular(path: Path, max_bytes: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def read_json(path: Path, fix: str, max_bytes: int | None = None) -> Any:
+    """A JSON file from an untrusted folder: a regular file within `max_bytes` (JSON_MAX_BYTES by default), parsed.
+
+    Anything else is one line naming the file, what is wrong with it, and `fix`, what to do about it.
+    """
+    try:
+        return json.loads(open_regular(path, JSON_MAX_BYTES if max_bytes is None else max_bytes))
+    except Unsafe as err:
+        raise SeedbedError(f"{err}: {fix}") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise SeedbedError(f"'{path}' is not valid JSON ({err}): {fix}") from None
 
 
 def _is_link(path: Path) -> bool:

@@ -690,12 +690,7 @@ def read_result(run_path: Path) -> dict:
     trial = run_path / "trial.json"
     if os.path.lexists(trial):
         fix = "run the trial again to rewrite it"
-        try:
-            result = json.loads(contained.open_regular(trial, contained.JSON_MAX_BYTES))
-        except contained.Unsafe as err:
-            raise SeedbedError(f"{err}: {fix}") from None
-        except (ValueError, UnicodeDecodeError) as err:
-            raise SeedbedError(f"'{trial}' is not valid JSON ({err}): {fix}") from None
+        result = contained.read_json(trial, fix)
         if not isinstance(result, dict):
             raise SeedbedError(f"'{trial}' does not hold a trial result (a JSON object): {fix}")
         for key, kind in RESULT_FIELDS.items():

@@ -9,7 +9,6 @@ the main figure as SVG. `report.html` in the folder has everything else.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -89,12 +88,7 @@ def _seeds_table(r: dict) -> str:
 def _summary(folder: Path) -> dict:
     """A --seeds folder's summary.json, read as untrusted input: a JSON object whose lists hold objects."""
     path, fix = folder / SUMMARY, "run the trial with --seeds again to rewrite it"
-    try:
-        s = json.loads(contained.open_regular(path, contained.JSON_MAX_BYTES))
-    except contained.Unsafe as err:
-        raise SeedbedError(f"{err}: {fix}") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise SeedbedError(f"'{path}' is not valid JSON ({err}): {fix}") from None
+    s = contained.read_json(path, fix)
     ok = isinstance(s, dict) and all(isinstance(s.get(k, []), list) for k in ("per_seed", "predictions", "figures"))
     if not ok:
         raise SeedbedError(f"'{path}' is not a summary seedbed can read: {fix}")
