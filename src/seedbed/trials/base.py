@@ -210,10 +210,8 @@ class ComputedTrial(Trial):
     @staticmethod
     def preregistration(folder: Path) -> dict[str, Any]:
         """FOLDER/prediction.json (written by the runner before `measure`; read as untrusted input)."""
-        import json
-
         from seedbed import contained
         from seedbed.trials.runner import PREDICTION
 
-        return json.loads(contained.open_regular(Path(folder) / PREDICTION, contained.JSON_MAX_BYTES))
+        return contained.read_json(Path(folder) / PREDICTION, "run the trial again to rewrite it")
 
